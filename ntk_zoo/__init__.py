@@ -1,1 +1,12 @@
-"""ntk_zoo: fast finite-width empirical neural tangent kernels in JAX, and a model zoo."""
+"""ntk_zoo: fast finite-width empirical neural tangent kernels in JAX, and a model zoo.
+
+    >>> import ntk_zoo
+    >>> kernel = ntk_zoo.ntk_fn(apply, trace_axes=(), vmap_axes=0)   # full NTK
+    >>> theta = kernel(x1, x2, params)                               # (N1, N2, O, O)
+"""
+
+from ntk_zoo import models, testing
+from ntk_zoo.ntk import Implementation, NTKOptions, VmapAxes, ntk_fn
+
+__version__ = "0.1.0"
+__all__ = ["Implementation", "NTKOptions", "VmapAxes", "models", "ntk_fn", "testing"]
