@@ -1,0 +1,576 @@
+"""Vision Transformer (ViT) with vit_jax's module names, its variants, and checkpoint loaders.
+
+The module tree and parameter names are those of google-research/vision_transformer
+(`vit_jax/models_vit.py`) as stored in its `.npz` files, so those load without renaming:
+
+    embedding/{kernel (p, p, 3, D), bias}                       patchify convolution
+    cls (1, 1, D)                                               class token
+    Transformer/posembed_input/pos_embedding (1, 1 + h*w, D)    learned position embedding
+    Transformer/encoderblock_{i}/LayerNorm_0/{scale, bias}
+    Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value}/kernel (D, H, D/H)
+    Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value}/bias (H, D/H)
+    Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/out/{kernel (H, D/H, D), bias}
+    Transformer/encoderblock_{i}/LayerNorm_2/{scale, bias}
+    Transformer/encoderblock_{i}/MlpBlock_3/Dense_0/{kernel (D, M), bias}, Dense_1/{kernel, bias}
+    Transformer/encoder_norm/{scale, bias}
+    pre_logits/{kernel, bias}                                   only with `representation_size`
+    head/{kernel (D, C), bias (C,)}
+
+Loaders (no torch import, nothing is unpickled):
+* `load_npz`: vit_jax files (pre-Linen numbering, optional `opt/target/` prefix) and big_vision
+  files (Linen numbering, `params/` prefix, blocks scanned along depth, bfloat16 stored as void,
+  position embedding at the top level without a class-token row), with the position embedding
+  resampled to a new image size as vit_jax's `load_pretrained` does.
+* `load_timm`: timm `.safetensors` state dicts (`vit_base_patch16_224.augreg2_in21k_ft_in1k`, ...).
+
+Inputs are NHWC images normalized as `input_spec` says: the vit_jax/big_vision checkpoints and
+timm's `augreg` ViTs take images scaled to [-1, 1], i.e. mean = std = (0.5, 0.5, 0.5) on [0, 1]
+images. (Other timm ViTs, e.g. DeiT or `orig_in21k`, use the ImageNet mean/std: replace
+`input_spec` for those.)
+
+GELU: timm/torch use the exact (erf) GELU; JAX-trained `.npz` checkpoints were trained with
+Flax's default tanh approximation. The factories default to exact (`gelu_approximate=False`),
+`load_npz` to the approximation, `load_timm` to exact.
+
+References:
+  Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words: Transformers for Image Recognition at
+  Scale", ICLR (Table 1: ViT-Base/Large/Huge).
+  Steiner et al. 2021, "How to train your ViT? Data, Augmentation, and Regularization in Vision
+  Transformers", arXiv:2106.10270 (the Ti and S sizes, from Touvron et al. 2021, DeiT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntk_zoo.models import checkpoints, npz_convert, timm_convert
+from ntk_zoo.models.model import InputSpec, Model
+from ntk_zoo.models.registry import register
+
+__all__ = [
+    "TINY", "VARIANTS", "ViTConfig", "VisionTransformer", "create", "decode_variant", "load_npz",
+    "load_timm", "param_shapes", "vit_b16", "vit_b32", "vit_l16", "vit_l32", "vit_s16",
+    "vit_s32", "vit_ti16", "vit_ti32", "vit_tiny",
+]
+
+# Where the position embedding lives in our tree (vit_jax's layout).
+POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
+
+# Preprocessing of vit_jax / big_vision / timm augreg checkpoints: [0, 1] -> [-1, 1].
+AUGREG_MEAN = (0.5, 0.5, 0.5)
+AUGREG_STD = (0.5, 0.5, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  """Size of a ViT.
+
+  Attributes:
+    hidden_size: token width D.
+    mlp_dim: hidden width M of the MLP blocks.
+    num_heads: attention heads H (D must be divisible by H).
+    num_layers: number of encoder blocks.
+    patch_size: side p of the square patches.
+  """
+  hidden_size: int
+  mlp_dim: int
+  num_heads: int
+  num_layers: int
+  patch_size: int
+
+
+# Width name -> (hidden_size, mlp_dim, num_heads, num_layers).
+WIDTHS: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (192, 768, 3, 12),     # Steiner et al. 2021 (DeiT-Ti).
+    "S": (384, 1536, 6, 12),     # Steiner et al. 2021 (DeiT-S).
+    "B": (768, 3072, 12, 12),    # Dosovitskiy et al. 2021, Table 1.
+    "L": (1024, 4096, 16, 24),   # Dosovitskiy et al. 2021, Table 1.
+    "H": (1280, 5120, 16, 32),   # Dosovitskiy et al. 2021, Table 1.
+}
+
+# The published variants with a registered factory: "B/16" etc.
+VARIANTS: dict[str, ViTConfig] = {
+    f"{w}/{p}": ViTConfig(*WIDTHS[w], patch_size=p) for w in ("Ti", "S", "B", "L") for p in (16, 32)
+}
+
+# A test-size ViT: 2 blocks of width 16, 2 heads, 4x4 patches (16 patches on 16x16 images).
+TINY = ViTConfig(hidden_size=16, mlp_dim=32, num_heads=2, num_layers=2, patch_size=4)
+
+
+def decode_variant(variant: str | ViTConfig) -> ViTConfig:
+  """Parses "B/16" (any width of `WIDTHS`, any patch size, e.g. "B/8", "H/14") or "tiny[/p]".
+
+  Args:
+    variant: "{width}/{patch}" string, or a `ViTConfig` (returned as is).
+
+  Returns:
+    The `ViTConfig`.
+
+  Raises:
+    ValueError: for an unknown width or a malformed string.
+  """
+  if isinstance(variant, ViTConfig):
+    return variant
+  m = re.fullmatch(r"([A-Za-z]+)(?:/(\d+))?", variant.strip())
+  if m is None:
+    raise ValueError(f"Cannot parse ViT variant {variant!r}; expected e.g. 'B/16' or 'tiny'.")
+  width, patch = m.group(1), m.group(2)
+  if width.lower() == "tiny":
+    return TINY if patch is None else dataclasses.replace(TINY, patch_size=int(patch))
+  if width not in WIDTHS or patch is None:
+    raise ValueError(f"Unknown ViT variant {variant!r}. Use '<width>/<patch>' with width in "
+                     f"{sorted(WIDTHS)} (e.g. 'B/16'), or 'tiny'.")
+  return ViTConfig(*WIDTHS[width], patch_size=int(patch))
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules.
+
+
+class MlpBlock(nn.Module):
+  """Dense(mlp_dim) -> GELU -> Dense(D) on (N, L, D) tokens."""
+  mlp_dim: int
+  gelu_approximate: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dense = functools.partial(
+        nn.Dense, dtype=self.dtype, param_dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6))
+    y = dense(self.mlp_dim, name="Dense_0")(x)
+    y = nn.gelu(y, approximate=self.gelu_approximate)
+    return dense(x.shape[-1], name="Dense_1")(y)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Multi-head self-attention on (N, L, D) tokens, with Flax's parameter names and shapes.
+
+  `query`, `key`, `value`: DenseGeneral D -> (H, D/H); `out`: DenseGeneral (H, D/H) -> D.
+  """
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"hidden_size {d} is not divisible by num_heads {self.num_heads}.")
+    head_dim = d // self.num_heads
+    proj = functools.partial(
+        nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1, dtype=self.dtype,
+        param_dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())
+    q = proj(name="query")(x)  # (N, L, H, d_h)
+    k = proj(name="key")(x)
+    v = proj(name="value")(x)
+    q = q * (head_dim ** -0.5)
+    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k)
+    weights = jax.nn.softmax(logits, axis=-1)
+    y = jnp.einsum("nhqk,nkhd->nqhd", weights, v)
+    return nn.DenseGeneral(features=d, axis=(-2, -1), dtype=self.dtype, param_dtype=self.dtype,
+                           kernel_init=nn.initializers.xavier_uniform(), name="out")(y)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)); (N, L, D) -> (N, L, D)."""
+  mlp_dim: int
+  num_heads: int
+  gelu_approximate: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    ln = functools.partial(nn.LayerNorm, epsilon=1e-6, use_fast_variance=False, dtype=self.dtype,
+                           param_dtype=self.dtype)
+    y = ln(name="LayerNorm_0")(x)
+    y = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype,
+                                     name="MultiHeadDotProductAttention_1")(y)
+    x = x + y
+    y = ln(name="LayerNorm_2")(x)
+    y = MlpBlock(self.mlp_dim, self.gelu_approximate, dtype=self.dtype, name="MlpBlock_3")(y)
+    return x + y
+
+
+class AddPositionEmbs(nn.Module):
+  """Adds a learned (1, L, D) `pos_embedding` to (N, L, D) tokens."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, *x.shape[1:]),
+                    self.dtype)
+    return x + pe
+
+
+class Encoder(nn.Module):
+  """Position embedding, `num_layers` blocks, final LayerNorm; (N, L, D) -> (N, L, D)."""
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  gelu_approximate: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = AddPositionEmbs(dtype=self.dtype, name="posembed_input")(x)
+    for i in range(self.num_layers):
+      x = Encoder1DBlock(self.mlp_dim, self.num_heads, self.gelu_approximate, dtype=self.dtype,
+                         name=f"encoderblock_{i}")(x)
+    return nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, dtype=self.dtype,
+                        param_dtype=self.dtype, name="encoder_norm")(x)
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier: (N, H, W, 3) images -> (N, num_classes) logits.
+
+  Attributes:
+    config: sizes (see `ViTConfig`).
+    num_classes: number of logits C.
+    classifier: "token" (class token, as vit_jax/timm) or "gap" (mean over patch tokens, no
+      class token, as big_vision's `pool_type="gap"`).
+    representation_size: if set, a `pre_logits` Dense + tanh of this width before the head
+      (vit_jax's ImageNet-21k checkpoints).
+    gelu_approximate: tanh-approximate GELU (JAX-trained weights) instead of exact (timm).
+    dtype: parameter and computation dtype.
+
+  Initialization follows vit_jax (Xavier-uniform kernels, N(0, 1e-6) MLP biases, N(0, 0.02)
+  position embedding, zero class token) except the head, which is LeCun-normal instead of zero so
+  that the NTK at initialization involves every layer.
+  """
+  config: ViTConfig
+  num_classes: int = 1000
+  classifier: str = "token"
+  representation_size: int | None = None
+  gelu_approximate: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    c = self.config
+    p = c.patch_size
+    x = nn.Conv(c.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                param_dtype=self.dtype, name="embedding")(images)
+    n, h, w, d = x.shape
+    x = jnp.reshape(x, (n, h * w, d))
+    if self.classifier == "token":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, d), self.dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, d)), x], axis=1)
+    elif self.classifier != "gap":
+      raise ValueError(f"Unknown classifier {self.classifier!r}; use 'token' or 'gap'.")
+    x = Encoder(c.num_layers, c.mlp_dim, c.num_heads, self.gelu_approximate, dtype=self.dtype,
+                name="Transformer")(x)
+    x = x[:, 0] if self.classifier == "token" else jnp.mean(x, axis=1)
+    if self.representation_size is not None:
+      x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, param_dtype=self.dtype,
+                            name="pre_logits")(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="head")(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building models.
+
+
+def _module(variant: str | ViTConfig, *, num_classes: int, classifier: str = "token",
+            representation_size: int | None = None, gelu_approximate: bool = False,
+            dtype: Any = jnp.float32) -> VisionTransformer:
+  return VisionTransformer(decode_variant(variant), num_classes=num_classes, classifier=classifier,
+                           representation_size=representation_size,
+                           gelu_approximate=gelu_approximate, dtype=dtype)
+
+
+def _image_shape(image_size: int | tuple[int, int]) -> tuple[int, int, int]:
+  if isinstance(image_size, int):
+    return (image_size, image_size, 3)
+  return (int(image_size[0]), int(image_size[1]), 3)
+
+
+def param_shapes(variant: str | ViTConfig, *, num_classes: int = 1000,
+                 image_size: int | tuple[int, int] = 224, classifier: str = "token",
+                 representation_size: int | None = None,
+                 dtype: Any = jnp.float32) -> dict[str, jax.ShapeDtypeStruct]:
+  """Flat `{key: ShapeDtypeStruct}` of a ViT's parameters, computed without allocating them.
+
+  Args:
+    variant: e.g. "B/16" (see `decode_variant`).
+    num_classes: logits C.
+    image_size: side of the square input images (or (height, width)).
+    classifier: "token" or "gap".
+    representation_size: width of `pre_logits`, or None.
+    dtype: parameter dtype.
+
+  Returns:
+    `{"Transformer/encoder_norm/scale": ShapeDtypeStruct((D,), dtype), ...}`.
+  """
+  module = _module(variant, num_classes=num_classes, classifier=classifier,
+                   representation_size=representation_size, dtype=dtype)
+  x = jax.ShapeDtypeStruct((1, *_image_shape(image_size)), dtype)
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+  return checkpoints.flatten(shapes["params"])
+
+
+def _to_model(module: VisionTransformer, params: Any, image_size: int | tuple[int, int],
+              name: str) -> Model:
+  def apply(params, x):
+    return module.apply({"params": params}, x)
+
+  spec = InputSpec(shape=_image_shape(image_size), dtype=module.dtype, mean=AUGREG_MEAN,
+                   std=AUGREG_STD)
+  return Model(apply=apply, params=params, state={}, input_spec=spec,
+               num_classes=module.num_classes, name=name)
+
+
+def create(variant: str | ViTConfig, *, num_classes: int = 1000,
+           image_size: int | tuple[int, int] = 224, seed: int = 0, dtype: Any = jnp.float32,
+           gelu_approximate: bool = False, classifier: str = "token",
+           representation_size: int | None = None, name: str | None = None) -> Model:
+  """A randomly initialized ViT as a `Model`.
+
+  Args:
+    variant: e.g. "B/16" (see `decode_variant`).
+    num_classes: logits C.
+    image_size: side of the square input images (or (height, width)); must be a multiple of
+      the patch size for every pixel to be used.
+    seed: PRNG seed of the initialization.
+    dtype: parameter and computation dtype.
+    gelu_approximate: tanh-approximate GELU instead of exact.
+    classifier: "token" or "gap" (see `VisionTransformer`).
+    representation_size: width of a `pre_logits` layer, or None.
+    name: model name (default "vit_" + variant).
+
+  Returns:
+    `Model` with `apply(params, x)`: x (N, H, W, 3) -> logits (N, num_classes).
+  """
+  module = _module(variant, num_classes=num_classes, classifier=classifier,
+                   representation_size=representation_size, gelu_approximate=gelu_approximate,
+                   dtype=dtype)
+  x = jnp.zeros((1, *_image_shape(image_size)), dtype)
+  params = module.init(jax.random.PRNGKey(seed), x)["params"]
+  return _to_model(module, params, image_size, name or f"vit_{variant}")
+
+
+def _registered(name: str, variant: str, default_image_size: int = 224,
+                default_num_classes: int = 1000):
+  """Registers `name` as a factory of `variant` and returns the factory."""
+
+  def factory(*, num_classes: int = default_num_classes,
+              image_size: int | tuple[int, int] = default_image_size, seed: int = 0,
+              dtype: Any = jnp.float32, gelu_approximate: bool = False) -> Model:
+    return create(variant, num_classes=num_classes, image_size=image_size, seed=seed, dtype=dtype,
+                  gelu_approximate=gelu_approximate, name=name)
+
+  factory.__name__ = factory.__qualname__ = name
+  factory.__doc__ = (
+      f"ViT-{variant} (class token, no pre_logits) as a randomly initialized `Model`.\n\n"
+      f"Args: num_classes (default {default_num_classes}), image_size (default "
+      f"{default_image_size}), seed, dtype, gelu_approximate: see `vit.create`.\n\n"
+      "Returns: `Model`; apply(params, x): (N, H, W, 3) -> (N, num_classes).")
+  return register(name)(factory)
+
+
+vit_ti16 = _registered("vit_ti16", "Ti/16")
+vit_s16 = _registered("vit_s16", "S/16")
+vit_b16 = _registered("vit_b16", "B/16")
+vit_l16 = _registered("vit_l16", "L/16")
+vit_ti32 = _registered("vit_ti32", "Ti/32")
+vit_s32 = _registered("vit_s32", "S/32")
+vit_b32 = _registered("vit_b32", "B/32")
+vit_l32 = _registered("vit_l32", "L/32")
+# 2 blocks, width 16, 2 heads, 4x4 patches on 16x16 images, 10 classes: for tests.
+vit_tiny = _registered("vit_tiny", "tiny/4", default_image_size=16, default_num_classes=10)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def _is_square(n: int) -> bool:
+  return n >= 0 and int(round(np.sqrt(n))) ** 2 == n
+
+
+def _grid(config: ViTConfig, image_size: int | tuple[int, int]) -> tuple[int, int]:
+  h, w, _ = _image_shape(image_size)
+  return (h // config.patch_size, w // config.patch_size)
+
+
+def _finish_load(flat: dict[str, np.ndarray], expected: dict[str, jax.ShapeDtypeStruct],
+                 module: VisionTransformer, image_size: int | tuple[int, int], source: str,
+                 name: str) -> Model:
+  """Checks `flat` (our keys) against the `expected` shapes and builds the `Model`."""
+  checkpoints.check_matches(expected, flat, source=source)
+  params = checkpoints.unflatten({k: jnp.asarray(flat[k], module.dtype) for k in expected})
+  return _to_model(module, params, image_size, name)
+
+
+def _resample(flat: dict[str, np.ndarray], config: ViTConfig, image_size, classifier: str,
+              method: str) -> None:
+  """Resamples `flat[POSEMB_KEY]` (in place) to the model's grid of patches, if it differs."""
+  pe = flat.get(POSEMB_KEY)
+  if pe is None or np.ndim(pe) != 3:
+    return
+  prefix = 1 if classifier == "token" else 0
+  gh, gw = _grid(config, image_size)
+  if pe.shape[1] != prefix + gh * gw and _is_square(pe.shape[1] - prefix):
+    flat[POSEMB_KEY] = npz_convert.resample_posemb(pe, (gh, gw), num_prefix_tokens=prefix,
+                                                   method=method)
+
+
+def load_npz(path: str | os.PathLike, *, variant: str | ViTConfig, num_classes: int | None = None,
+             image_size: int | tuple[int, int] = 224, gelu_approximate: bool = True,
+             dtype: Any = jnp.float32, posemb_method: str = "vit_jax") -> Model:
+  """Loads a vit_jax or big_vision ViT `.npz` checkpoint.
+
+  Handles: pre-Linen (vit_jax) and Linen (big_vision) module numbering; keys prefixed `params/`
+  or `opt/target/` (other entries, e.g. optimizer state, are ignored); blocks scanned along a
+  leading depth axis (`Transformer/encoderblock/...`); bfloat16 stored as 2-byte void; the position
+  embedding at `Transformer/posembed_input`, `Transformer/pos_embedding` or the top level, with or
+  without a class-token row (big_vision adds it before prepending the class token, which equals
+  a zero class-token row here); a position embedding trained at another resolution (resampled to
+  `image_size`). The class token's presence selects `classifier` ("token" or "gap"), a
+  `pre_logits` layer sets `representation_size`.
+
+  Args:
+    path: the `.npz` file.
+    variant: e.g. "B/16" (see `decode_variant`).
+    num_classes: logits C; default: the size of the file's head.
+    image_size: input side; the position embedding is resampled if trained at another size.
+    gelu_approximate: tanh-approximate GELU (True for JAX-trained weights).
+    dtype: parameter and computation dtype.
+    posemb_method: see `npz_convert.resample_posemb` ("vit_jax": as vit_jax/big_vision do).
+
+  Returns:
+    `Model` with the file's weights; apply(params, x): (N, H, W, 3) -> (N, C).
+
+  Raises:
+    CheckpointMismatchError: listing missing keys, unexpected keys and shape conflicts.
+  """
+  config = decode_variant(variant)
+  flat = npz_convert.read_google_npz(path, anchor="embedding/kernel",
+                                     scanned=[("Transformer", "encoderblock")])
+  classifier = "token" if "cls" in flat else "gap"
+  for old in ("pos_embedding", "Transformer/pos_embedding"):
+    if old in flat and POSEMB_KEY not in flat:
+      flat[POSEMB_KEY] = flat.pop(old)
+  pe = flat.get(POSEMB_KEY)
+  if classifier == "token" and pe is not None and np.ndim(pe) == 3 and _is_square(pe.shape[1]):
+    # big_vision layout: no position embedding on the class token == a zero row here.
+    flat[POSEMB_KEY] = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
+  _resample(flat, config, image_size, classifier, posemb_method)
+  representation_size = (int(flat["pre_logits/kernel"].shape[-1])
+                          if "pre_logits/kernel" in flat else None)
+  if num_classes is None:
+    num_classes = int(flat["head/bias"].shape[0]) if "head/bias" in flat else 1000
+  module = _module(config, num_classes=num_classes, classifier=classifier,
+                   representation_size=representation_size, gelu_approximate=gelu_approximate,
+                   dtype=dtype)
+  expected = param_shapes(config, num_classes=num_classes, image_size=image_size,
+                          classifier=classifier, representation_size=representation_size)
+  flat = npz_convert.match_names(flat, expected)
+  return _finish_load(flat, expected, module, image_size, os.fspath(path), f"vit_{variant}")
+
+
+def _split_heads(kernel: np.ndarray, num_heads: int, axis: int) -> np.ndarray:
+  """Splits `axis` of size H*d_h into (H, d_h); unchanged if not divisible (reported later)."""
+  n = kernel.shape[axis]
+  if n % num_heads:
+    return kernel
+  shape = kernel.shape[:axis] + (num_heads, n // num_heads) + kernel.shape[axis + 1:]
+  return kernel.reshape(shape)
+
+
+def _timm_rules(num_heads: int) -> list[timm_convert.Rule]:
+  """timm `VisionTransformer` state-dict names -> our keys."""
+  blk = "Transformer/encoderblock_{0}"
+  mha = blk + "/MultiHeadDotProductAttention_1"
+
+  def qkv(t, m):
+    prefix = mha.format(*m.groups())
+    out = {}
+    w, b = t.get("weight"), t.get("bias")
+    for j, part in enumerate(("query", "key", "value")):
+      if w is not None and w.shape[0] % 3 == 0:
+        wj = np.split(w, 3, axis=0)[j]  # (D, D) (out, in)
+        out[f"{prefix}/{part}/kernel"] = _split_heads(timm_convert.linear_t(wj), num_heads, 1)
+      if b is not None and b.shape[0] % 3 == 0:
+        out[f"{prefix}/{part}/bias"] = _split_heads(np.split(b, 3)[j], num_heads, 0)
+    for leaf, v in t.items():
+      if leaf not in ("weight", "bias") or v.shape[0] % 3:
+        out[f"{prefix}/qkv.{leaf}"] = v
+    return out
+
+  def proj(t, m):
+    prefix = mha.format(*m.groups()) + "/out"
+    out = {}
+    for leaf, v in t.items():
+      if leaf == "weight":
+        out[f"{prefix}/kernel"] = _split_heads(timm_convert.linear_t(v), num_heads, 0)
+      elif leaf == "bias":
+        out[f"{prefix}/bias"] = v
+      else:
+        out[f"{prefix}/{leaf}"] = v
+    return out
+
+  r = timm_convert.Rule
+  return [
+      r("cls_token", timm_convert.tensor("cls")),
+      r("pos_embed", timm_convert.tensor(POSEMB_KEY)),
+      r(r"patch_embed\.proj", timm_convert.conv("embedding")),
+      r(r"blocks\.(\d+)\.norm1", timm_convert.layer_norm(blk + "/LayerNorm_0")),
+      r(r"blocks\.(\d+)\.attn\.qkv", qkv),
+      r(r"blocks\.(\d+)\.attn\.proj", proj),
+      r(r"blocks\.(\d+)\.norm2", timm_convert.layer_norm(blk + "/LayerNorm_2")),
+      r(r"blocks\.(\d+)\.mlp\.fc1", timm_convert.dense(blk + "/MlpBlock_3/Dense_0")),
+      r(r"blocks\.(\d+)\.mlp\.fc2", timm_convert.dense(blk + "/MlpBlock_3/Dense_1")),
+      r("norm", timm_convert.layer_norm("Transformer/encoder_norm")),
+      r("head", timm_convert.dense("head")),
+  ]
+
+
+def load_timm(path: str | os.PathLike, *, variant: str | ViTConfig,
+              num_classes: int | None = None, image_size: int | tuple[int, int] = 224,
+              gelu_approximate: bool = False, dtype: Any = jnp.float32,
+              posemb_method: str = "bicubic") -> Model:
+  """Loads a timm ViT `.safetensors` state dict (read with `safetensors.numpy`, no torch).
+
+  Expects timm's `VisionTransformer` names: `cls_token`, `pos_embed` (1, 1 + h*w, D),
+  `patch_embed.proj.{weight,bias}`, `blocks.{i}.{norm1, attn.qkv (fused 3D x D), attn.proj, norm2,
+  mlp.fc1, mlp.fc2}`, `norm`, `head`. Variants with layer scale, register tokens, `fc_norm` or
+  no class token are a different architecture: their tensors are reported as unexpected.
+
+  Args:
+    path: the `.safetensors` file.
+    variant: e.g. "B/16" (see `decode_variant`).
+    num_classes: logits C; default: the size of the file's head.
+    image_size: input side; `pos_embed` is resampled (`posemb_method`) if trained at another.
+    gelu_approximate: False (timm uses exact GELU).
+    dtype: parameter and computation dtype.
+    posemb_method: see `npz_convert.resample_posemb` (timm itself uses bicubic).
+
+  Returns:
+    `Model` with the file's weights; apply(params, x): (N, H, W, 3) -> (N, C).
+
+  Raises:
+    CheckpointMismatchError: listing missing keys, unexpected keys and shape conflicts.
+  """
+  config = decode_variant(variant)
+  state = checkpoints.read_safetensors(path)
+  flat, origin = timm_convert.convert(state, _timm_rules(config.num_heads))
+  classifier = "token" if "cls" in flat else "gap"
+  _resample(flat, config, image_size, classifier, posemb_method)
+  if num_classes is None:
+    num_classes = int(flat["head/bias"].shape[0]) if "head/bias" in flat else 1000
+  module = _module(config, num_classes=num_classes, classifier=classifier,
+                   gelu_approximate=gelu_approximate, dtype=dtype)
+  expected = param_shapes(config, num_classes=num_classes, image_size=image_size,
+                          classifier=classifier)
+  flat = timm_convert.annotate_unexpected(flat, origin, expected)
+  return _finish_load(flat, expected, module, image_size, os.fspath(path), f"vit_{variant}")
