@@ -257,8 +257,8 @@ def create(variant: str | MixerConfig, *, num_classes: int = 1000,
   """
   module = _module(variant, num_classes=num_classes, gelu_approximate=gelu_approximate,
                    dtype=dtype)
-  x = jnp.zeros((1, *_image_shape(image_size)), dtype)
-  params = module.init(jax.random.PRNGKey(seed), x)["params"]
+  x = jax.ShapeDtypeStruct((1, *_image_shape(image_size)), dtype)
+  params = module.lazy_init(jax.random.PRNGKey(seed), x)["params"]  # No forward computation.
   return _to_model(module, params, image_size, name or f"mixer_{variant}")
 
 
