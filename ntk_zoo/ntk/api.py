@@ -65,8 +65,8 @@ def _engine(implementation: Implementation) -> Callable:
   if implementation is Implementation.NTK_VECTOR_PRODUCTS:
     return ntk_vp.kernel
   if implementation is Implementation.STRUCTURED_DERIVATIVES:
-    from ntk_zoo.ntk.structured import engine  # pylint: disable=g-import-not-at-top
-    return engine.kernel
+    from ntk_zoo.ntk import structured  # pylint: disable=g-import-not-at-top
+    return structured.kernel
   from ntk_zoo.ntk import auto  # pylint: disable=g-import-not-at-top
   return auto.kernel
 

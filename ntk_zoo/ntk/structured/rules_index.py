@@ -1,0 +1,1 @@
+"""Structure rules for indexing primitives (filled in below)."""
