@@ -226,11 +226,19 @@ def param_shapes(variant: str | MixerConfig, *, num_classes: int = 1000,
   return checkpoints.flatten(jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"])
 
 
-def _to_model(module: MlpMixer, params: Any, image_size: int | tuple[int, int],
-              name: str) -> Model:
+@functools.lru_cache(maxsize=None)
+def _apply_fn(module: MlpMixer):
+  """`apply(params, x)` of `module`; equal modules share one function, hence one jit cache."""
+
   def apply(params, x):
     return module.apply({"params": params}, x)
 
+  return apply
+
+
+def _to_model(module: MlpMixer, params: Any, image_size: int | tuple[int, int],
+              name: str) -> Model:
+  apply = _apply_fn(module)
   spec = InputSpec(shape=_image_shape(image_size), dtype=module.dtype, mean=MIXER_MEAN,
                    std=MIXER_STD)
   return Model(apply=apply, params=params, state={}, input_spec=spec,

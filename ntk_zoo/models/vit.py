@@ -318,11 +318,19 @@ def param_shapes(variant: str | ViTConfig, *, num_classes: int = 1000,
   return checkpoints.flatten(shapes["params"])
 
 
-def _to_model(module: VisionTransformer, params: Any, image_size: int | tuple[int, int],
-              name: str) -> Model:
+@functools.lru_cache(maxsize=None)
+def _apply_fn(module: VisionTransformer):
+  """`apply(params, x)` of `module`; equal modules share one function, hence one jit cache."""
+
   def apply(params, x):
     return module.apply({"params": params}, x)
 
+  return apply
+
+
+def _to_model(module: VisionTransformer, params: Any, image_size: int | tuple[int, int],
+              name: str) -> Model:
+  apply = _apply_fn(module)
   spec = InputSpec(shape=_image_shape(image_size), dtype=module.dtype, mean=AUGREG_MEAN,
                    std=AUGREG_STD)
   return Model(apply=apply, params=params, state={}, input_spec=spec,
