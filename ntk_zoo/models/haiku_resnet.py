@@ -139,10 +139,17 @@ def init(variant: str, num_classes: int = 1000, *, seed: int = 0, image_size: in
     Haiku params `{module_name: {name: array}}` and state (BatchNorm moving averages, mean 0 and
     variance 1).
   """
-  fn = _init_fn(variant, num_classes, image_size, zero_init_logits)
-  seed_arr = jnp.asarray(seed, jnp.uint32)
-  compiled = jax.jit(fn).lower(seed_arr).compile({"xla_backend_optimization_level": 0})
-  return compiled(seed_arr)
+  compiled = _compiled_init(variant, num_classes, min(image_size, _INIT_SIZE), zero_init_logits)
+  return compiled(jnp.asarray(seed, jnp.uint32))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_init(variant: str, num_classes: int, size: int,
+                   zero_init_logits: bool) -> Callable[[jax.Array], tuple[PyTree, PyTree]]:
+  """`_init_fn` compiled once per configuration (the seed is an argument)."""
+  fn = _init_fn(variant, num_classes, size, zero_init_logits)
+  seed = jax.ShapeDtypeStruct((), jnp.uint32)
+  return jax.jit(fn).lower(seed).compile({"xla_backend_optimization_level": 0})
 
 
 def param_shapes(variant: str, num_classes: int = 1000,
