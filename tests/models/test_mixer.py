@@ -210,6 +210,26 @@ def test_load_timm_mismatch_messages(tmp_path, timm_file):
   assert "unexpected keys" in msg and "blocks.1.mlp_tokens.fc3.weight" in msg
 
 
+@pytest.mark.slow
+def test_load_timm_mixer_s16_224_matches_torch_reference(tmp_path):
+  c = mixer.VARIANTS["S/16"]
+  sd = random_state(timm_mixer_shapes(c, 224, 1000), seed=2)
+  path = tmp_path / "mixer_s16_224.safetensors"
+  safetensors.numpy.save_file(sd, str(path))
+  x = images(1, 224)
+  m = mixer.load_timm(path, variant="S/16")
+  assert m.num_params == 18_528_264
+  err = rel_err(logits(m, x), torch_mixer_forward(sd, x))
+  assert err < 1e-4, err
+
+
+@pytest.mark.slow
+def test_mixer_b16_factory_builds_published_model():
+  m = mixer.mixer_b16()
+  assert m.num_params == 59_880_472
+  assert logits(m, m.input_spec.dummy(1)).shape == (1, 1000)
+
+
 # ---------------------------------------------------------------------------------------------
 # vit_jax / big_vision npz.
 

@@ -249,6 +249,26 @@ def test_load_timm_mismatch_messages(tmp_path, timm_file):
   assert "blocks.0.ls1.gamma" in msg
 
 
+@pytest.mark.slow
+def test_load_timm_vit_s16_224_matches_torch_reference(tmp_path):
+  c = vit.VARIANTS["S/16"]
+  sd = random_state(timm_vit_shapes(c, 224, 1000), seed=2)
+  path = tmp_path / "vit_small_patch16_224.safetensors"
+  safetensors.numpy.save_file(sd, str(path))
+  x = images(1, 224)
+  m = vit.load_timm(path, variant="S/16")
+  assert m.num_params == 22_050_664
+  err = rel_err(logits(m, x), torch_vit_forward(sd, x, c.num_heads))
+  assert err < 1e-4, err
+
+
+@pytest.mark.slow
+def test_vit_b16_factory_builds_published_model():
+  m = vit.vit_b16()
+  assert m.num_params == 86_567_656
+  assert logits(m, m.input_spec.dummy(1)).shape == (1, 1000)
+
+
 # ---------------------------------------------------------------------------------------------
 # vit_jax and big_vision npz.
 
