@@ -89,7 +89,8 @@ def tensor(flax_key: str, fn: Callable[[np.ndarray], np.ndarray] = _ident
   return body
 
 
-def convert(state: Mapping[str, np.ndarray], rules: Sequence[Rule]) -> tuple[Arrays, dict[str, str]]:
+def convert(state: Mapping[str, np.ndarray],
+            rules: Sequence[Rule]) -> tuple[Arrays, dict[str, str]]:
   """Applies `rules` to a flat torch state dict.
 
   Bare parameters (`cls_token`) are matched by their full name; module tensors

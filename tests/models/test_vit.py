@@ -385,6 +385,18 @@ def test_load_npz_big_vision_gap_model(tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, m.params)
 
 
+def test_load_npz_infers_pre_logits(tmp_path):
+  # vit_jax ImageNet-21k checkpoints have a `pre_logits` Dense (+ tanh) before the head.
+  m = vit.create(SMALL, num_classes=CLASSES, image_size=IMAGE, representation_size=24,
+                 gelu_approximate=True)
+  flat = flat_params(m)
+  assert flat["pre_logits/kernel"].shape == (32, 24) and flat["head/kernel"].shape == (24, 10)
+  np.savez(tmp_path / "i21k.npz", **flat)
+  loaded = vit.load_npz(tmp_path / "i21k.npz", variant=SMALL, image_size=IMAGE)
+  assert loaded.apply is m.apply
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, m.params)
+
+
 def test_load_npz_resamples_pos_embedding(tmp_path, small_model):
   flat = flat_params(small_model)
   np.savez(tmp_path / "v.npz", **flat)
