@@ -47,7 +47,8 @@ PICKLE_REFUSED = (
     "arbitrary code). Convert it once, in an environment you trust, with\n"
     "  import torch, safetensors.torch\n"
     "  sd = torch.load({path!r}, map_location='cpu', weights_only=True)\n"
-    "  safetensors.torch.save_file({{k: v.contiguous() for k, v in sd.items()}}, 'model.safetensors')\n"
+    "  sd = {{k: v.contiguous() for k, v in sd.items()}}\n"
+    "  safetensors.torch.save_file(sd, 'model.safetensors')\n"
     "and pass the `.safetensors` file instead.")
 
 

@@ -1,4 +1,4 @@
-"""Wide ResNets for CIFAR-sized inputs, in Flax Linen: the NTK-literature WRN and Zagoruyko–Komodakis.
+"""Wide ResNets for CIFAR-sized inputs in Flax Linen: the NTK-literature WRN and Zagoruyko–Komodakis.
 
 Two architectures share the WRN-d-k naming (depth d = 6 * block_size + 4, widths 16k/32k/64k in
 three groups with strides 1/2/2, after a 3x3 conv stem with 16 channels):
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
-from ntk_zoo.models.resnet import Differentiate, linen_model
+from ntk_zoo.models.resnet import Differentiate, init_variables, linen_model
 
 PyTree = Any
 Parameterization = Literal["ntk", "standard"]
@@ -361,8 +361,7 @@ def _input_spec(image_size: int, dtype: Any) -> InputSpec:
 
 
 def _init(module: nn.Module, image_size: int, seed: int, dtype: Any) -> PyTree:
-  x = jnp.zeros((1, image_size, image_size, 3), dtype)
-  return jax.jit(module.init)(jax.random.PRNGKey(seed), x)
+  return init_variables(module, (1, image_size, image_size, 3), seed, dtype)
 
 
 def abstract_variables(module: nn.Module, image_size: int = 32,

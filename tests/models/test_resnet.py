@@ -207,10 +207,10 @@ def test_unknown_variant_message():
 
 def test_apply_is_jittable_and_inference_mode(tiny):
   x = tiny.input_spec.dummy(2)
-  np.testing.assert_allclose(jax.jit(tiny.apply)(tiny.params, x), tiny.apply(tiny.params, x),
-                             rtol=1e-5, atol=1e-6)
+  y = jax.jit(tiny.apply)(tiny.params, x)
+  np.testing.assert_allclose(y, tiny.apply(tiny.params, x), rtol=1e-5, atol=1e-6)
   # Inference mode: each example's logits do not depend on the rest of the batch.
-  np.testing.assert_allclose(tiny.apply(tiny.params, x[:1]), tiny.apply(tiny.params, x)[:1],
+  np.testing.assert_allclose(jax.jit(tiny.apply)(tiny.params, x.at[1].set(0.0))[0], y[0],
                              rtol=1e-5, atol=1e-6)
 
 
@@ -255,8 +255,20 @@ def test_load_torchvision_from_in_memory_dict_and_num_classes_override():
                                 sd["conv1.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(model.state["batch_stats"]["layer2_0"]["downsample_bn"]["var"],
                                 sd["layer2.0.downsample.1.running_var"])
-  with pytest.raises(CheckpointMismatchError, match=r"fc.weight: model \(5, 16\) vs file \(7, 16\)"):
+  with pytest.raises(CheckpointMismatchError,
+                     match=r"fc.weight: model \(5, 16\) vs file \(7, 16\)"):
     resnet.load_torchvision(sd, arch="resnet_tiny", num_classes=5)
+
+
+def test_file_written_by_safetensors_torch(tmp_path):
+  import safetensors.torch  # pylint: disable=g-import-not-at-top
+  sd = random_state_dict("resnet_tiny", 10)
+  path = tmp_path / "from_torch.safetensors"
+  safetensors.torch.save_file({k: torch.from_numpy(v) for k, v in sd.items()}, str(path))
+  model = resnet.load_torchvision(path, arch="resnet_tiny")
+  np.testing.assert_array_equal(model.params["layer1_0"]["conv2"]["kernel"],
+                                sd["layer1.0.conv2.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(model.params["fc"]["kernel"], sd["fc.weight"].T)
 
 
 def test_mismatched_checkpoint_names_the_keys(tmp_path):
@@ -311,3 +323,15 @@ def test_tiny_ntk_matches_reference():
       x1, x2, model.params)
   assert k.shape == (2, 2, 3, 3)
   assert_ntk_close(k, reference_ntk(model.apply, x1, x2, model.params, trace_axes=()))
+
+
+def test_torch_convert_layouts_and_errors():
+  from ntk_zoo.models import torch_convert  # pylint: disable=g-import-not-at-top
+  w = np.arange(2 * 3 * 5 * 7, dtype=np.float32).reshape(2, 3, 5, 7)  # (O, I, kH, kW)
+  k = torch_convert.conv_kernel_from_torch(w)
+  assert k.shape == (5, 7, 3, 2) and k[4, 6, 2, 1] == w[1, 2, 4, 6]
+  assert torch_convert.conv_shape_to_torch(k.shape) == w.shape
+  leaf = torch_convert.plan_leaf("batch_stats/layer1_0/bn1/var", (8,), resnet.torch_module_name)
+  assert leaf.torch_name == "layer1.0.bn1.running_var"
+  with pytest.raises(ValueError, match="params/stem/embedding"):
+    torch_convert.plan_leaf("params/stem/embedding", (3, 4), resnet.torch_module_name)
