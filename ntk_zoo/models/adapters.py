@@ -7,17 +7,18 @@ statistics, nothing mutated. The variables are split in two:
 * `state`: everything else (BatchNorm statistics, frozen parameters, RNG counters), closed over by
   `apply`.
 
-`apply` is a `BoundApply`: a callable holding a pure `fn(params, state, x)` and the `state` it is bound
-to, so a checkpoint loader can re-bind new state (`model.apply.rebind(state)`) without rebuilding the
-module.
+`apply` is a `BoundApply`: a callable holding a pure `fn(params, state, x)` and the `state` it is
+bound to, so a checkpoint loader can re-bind new state (`model.apply.rebind(state)`) without
+rebuilding the module.
 
 Layouts of `params` / `state`:
 
-| adapter     | `params`                                         | `state`                              |
-|-------------|--------------------------------------------------|--------------------------------------|
-| `from_linen`| `{collection: tree}` for collections in `differentiate`, e.g. `{"params": ...}` | the other collections, e.g. `{"batch_stats": ...}` |
-| `from_nnx`  | pure nested dict of the variables `differentiate` selects (`nnx.to_pure_dict`) | pure nested dict of the rest |
-| `from_haiku`| Haiku params (`{module_name: {name: array}}`) the predicate selects | `{"params": frozen params, "state": Haiku state}` |
+* `from_linen`: `params = {collection: tree}` for the collections in `differentiate`, e.g.
+  `{"params": ...}`; `state` = the other collections, e.g. `{"batch_stats": ...}`.
+* `from_nnx`: `params` = pure nested dict (`nnx.to_pure_dict`) of the variables `differentiate`
+  selects; `state` = pure nested dict of the rest (BatchNorm statistics, RNG counters).
+* `from_haiku`: `params` = the Haiku params (`{module_name: {name: array}}`) the predicate
+  selects; `state = {"params": frozen params, "state": Haiku state}`.
 
 Example:
   >>> module = MyLinenNet(num_classes=10)

@@ -7,13 +7,17 @@
   has it), after checking keys and shapes against the model (`CheckpointMismatchError` lists
   missing keys, unexpected keys and shape conflicts).
 
-`load_into` accepts these file layouts (keys relative to the model's own trees):
+`load_into` accepts these file layouts (`params`/`state` are the model's own trees; the name before
+each colon is the one error messages use):
 
-| layout   | file tree                                   | written by                               |
-|----------|---------------------------------------------|------------------------------------------|
-| "ntk_zoo"| `{"params": params, "state": state}`        | `save(path, model)`                      |
-| "params+collections" | `{"params": params, **state}`   | `flax.serialization.to_bytes(variables)` of a Linen model whose `Model.params` is the "params" collection; Haiku `{"params", "state"}` pairs |
-| "variables" | `{**params, **state}`                    | `to_bytes(variables)` for `from_linen` models (`params` keyed by collection) |
+* `ntk_zoo {'params', 'state'}`: `{"params": params, "state": state}`, as `save(path, model)`
+  writes it.
+* `{'params': params, **state}`: `flax.serialization.to_bytes(variables)` of a Linen model whose
+  `Model.params` is the inner "params" collection (e.g. `ntk_zoo.models.resnet`); Haiku
+  `{"params": ..., "state": ...}` pairs for `from_haiku` models (whose state is
+  `{"params": frozen, "state": ...}`).
+* `{**params, **state}`: `to_bytes(variables)` for `from_linen` models (params keyed by
+  collection, e.g. `{"params": ...}` + `{"batch_stats": ...}`), or a bare params tree.
 
 In all three, the state part may be absent (the model keeps its own state).
 
@@ -38,8 +42,8 @@ from ntk_zoo.models.model import Model
 
 PyTree = Any
 
-__all__ = ["CheckpointMismatchError", "FORMATS", "detect_format", "load_into", "read", "read_msgpack", "read_orbax", "save",
-           "save_msgpack", "save_orbax"]
+__all__ = ["CheckpointMismatchError", "FORMATS", "detect_format", "load_into", "read",
+           "read_msgpack", "read_orbax", "save", "save_msgpack", "save_orbax"]
 
 FORMATS = ("msgpack", "orbax")
 
@@ -239,7 +243,7 @@ def _shapes(tree: PyTree) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def load_into(model: Model, path: str | os.PathLike,
-              format: str | None = None) -> Model:  # noqa: A002  (`format` as in the brief)
+              format: str | None = None) -> Model:  # noqa: A002
   """Loads a msgpack file / Orbax directory into a copy of `model`.
 
   Args:
@@ -264,8 +268,7 @@ def load_into(model: Model, path: str | os.PathLike,
   expected = {layout.params[k]: s for k, s in param_shapes.items()}
   if with_state:
     expected.update({layout.state[k]: s for k, s in state_shapes.items()})
-  check_matches(expected, file_flat,
-                source=f"{source} (layout {layout.name})")
+  check_matches(expected, file_flat, source=f"{source} (layout {layout.name})")
   params = _rebuild(model.params, layout.params, file_flat)
   if not with_state:
     return dataclasses.replace(model, params=params)

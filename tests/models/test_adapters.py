@@ -267,7 +267,8 @@ def test_nnx_filter_selecting_nothing_error():
 
 
 def test_nnx_wrong_input_shape_error():
-  with pytest.raises(AdapterError, match=r"NNX model 'NNXNet'.*dummy input of shape \(2, 6, 6, 7\)"):
+  with pytest.raises(AdapterError,
+                     match=r"NNX model 'NNXNet'.*dummy input of shape \(2, 6, 6, 7\)"):
     from_nnx(_nnx_net(), input_spec=(6, 6, 7))
 
 

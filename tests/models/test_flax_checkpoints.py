@@ -150,6 +150,15 @@ def test_linen_variables_file_written_by_flax(tmp_path):
   _close(loaded(_x()), LinenNet().apply(source_vars, _x(), train=False))
 
 
+def test_haiku_native_params_state_pair(tmp_path):
+  """A Haiku user's own `{"params": params, "state": state}` file."""
+  params, state = _HAIKU_INIT_FN(jax.random.PRNGKey(1), _x(2, 1))
+  path = flax_checkpoints.save_msgpack(tmp_path / "hk.msgpack", {"params": params, "state": state})
+  loaded = flax_checkpoints.load_into(_haiku(2), path)
+  expected, _ = _HAIKU.apply(params, state, None, _x(), is_training=False)
+  _close(loaded(_x()), expected)
+
+
 def test_params_only_file_keeps_model_state(tmp_path):
   source, target = _linen(1), _linen(2)
   path = flax_checkpoints.save_msgpack(tmp_path / "p.msgpack", {"params": source.params})
