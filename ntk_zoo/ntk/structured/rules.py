@@ -17,6 +17,7 @@ Rules are registered at the bottom of the rule modules (`rules_views.py`, `rules
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from ntk_zoo.ntk.structured import _compat as C
@@ -40,3 +41,24 @@ def defstructure(prim: C.Primitive, rule: StructureRule) -> None:
 
 def defidentity(*prims: C.Primitive) -> None:
   IDENTITY_PRIMITIVES.update(prims)
+
+
+@contextlib.contextmanager
+def rules_disabled(*prims: C.Primitive):
+  """Temporarily removes the view/structure rules of `prims` (all rules if none given).
+
+  Parameters they consumed then take the unstructured (identity/materialized) path: used by
+  the rule unit tests to compare each rule against that path.
+  """
+  targets = prims or tuple(set(VIEW_RULES) | set(STRUCTURE_RULES))
+  saved = [(reg, p, reg.pop(p)) for reg in (VIEW_RULES, STRUCTURE_RULES) for p in targets
+           if p in reg]
+  identity_saved = IDENTITY_PRIMITIVES.copy()
+  IDENTITY_PRIMITIVES.update(targets)  # Do not warn about the rules we removed on purpose.
+  try:
+    yield
+  finally:
+    for reg, p, rule in saved:
+      reg[p] = rule
+    IDENTITY_PRIMITIVES.clear()
+    IDENTITY_PRIMITIVES.update(identity_saved)
