@@ -44,6 +44,7 @@ import numpy as np
 from ntk_zoo.models import checkpoints, npz_convert, timm_convert
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
+from ntk_zoo.models.vit import init_params
 
 __all__ = [
     "MixerConfig", "MlpMixer", "TINY", "VARIANTS", "create", "decode_variant", "load_npz",
@@ -265,8 +266,7 @@ def create(variant: str | MixerConfig, *, num_classes: int = 1000,
   """
   module = _module(variant, num_classes=num_classes, gelu_approximate=gelu_approximate,
                    dtype=dtype)
-  x = jax.ShapeDtypeStruct((1, *_image_shape(image_size)), dtype)
-  params = module.lazy_init(jax.random.PRNGKey(seed), x)["params"]  # No forward computation.
+  params = init_params(module, jax.ShapeDtypeStruct((1, *_image_shape(image_size)), dtype), seed)
   return _to_model(module, params, image_size, name or f"mixer_{variant}")
 
 
