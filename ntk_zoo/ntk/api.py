@@ -67,8 +67,12 @@ def _engine(implementation: Implementation) -> Callable:
   if implementation is Implementation.STRUCTURED_DERIVATIVES:
     from ntk_zoo.ntk import structured  # pylint: disable=g-import-not-at-top
     return structured.kernel
-  from ntk_zoo.ntk import auto  # pylint: disable=g-import-not-at-top
-  return auto.kernel
+  from ntk_zoo.ntk import auto, structured  # pylint: disable=g-import-not-at-top
+  return auto.make_engine({
+      Implementation.JACOBIAN_CONTRACTION.value: jacobian.kernel,
+      Implementation.NTK_VECTOR_PRODUCTS.value: ntk_vp.kernel,
+      Implementation.STRUCTURED_DERIVATIVES.value: structured.kernel,
+  })
 
 
 def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
@@ -95,7 +99,8 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
       engines work per example (cheaper) instead of treating the batch as part of the output.
 
   Returns:
-    `kernel(x1, x2=None, params, **f_kwargs)` (x2=None means x2 = x1). It returns a pytree
+    `kernel(x1, x2=None, params, **f_kwargs)` (with `kernel.decisions`: for "auto", a dict from
+    input signature to the `Decision` taken, with each method's estimated FLOPs and bytes) (x2=None means x2 = x1). It returns a pytree
     shaped like `f`'s output, one kernel per output leaf. For an output leaf of shape
     (N, O): trace_axes=(-1,) gives (N1, N2); trace_axes=() gives (N1, N2, O1, O2);
     trace_axes=(), diagonal_axes=(0,) gives (N, O1, O2). In general, walking the leaf's axes in
@@ -133,6 +138,8 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
 
   kernel.implementation = impl  # type: ignore[attr-defined]
   kernel.options = opts  # type: ignore[attr-defined]
+  # For "auto": {input signature: Decision(chosen, estimates)}, filled as shapes are seen.
+  kernel.decisions = getattr(engine, "decisions", None)  # type: ignore[attr-defined]
   return kernel
 
 
