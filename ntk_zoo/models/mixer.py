@@ -237,6 +237,10 @@ def _apply_fn(module: MlpMixer):
   return apply
 
 
+def _default_name(variant: str | MixerConfig) -> str:
+  return f"mixer_{variant}" if isinstance(variant, str) else "mixer"
+
+
 def _to_model(module: MlpMixer, params: Any, image_size: int | tuple[int, int],
               name: str) -> Model:
   apply = _apply_fn(module)
@@ -267,7 +271,7 @@ def create(variant: str | MixerConfig, *, num_classes: int = 1000,
   module = _module(variant, num_classes=num_classes, gelu_approximate=gelu_approximate,
                    dtype=dtype)
   params = init_params(module, jax.ShapeDtypeStruct((1, *_image_shape(image_size)), dtype), seed)
-  return _to_model(module, params, image_size, name or f"mixer_{variant}")
+  return _to_model(module, params, image_size, name or _default_name(variant))
 
 
 def _registered(name: str, variant: str, default_image_size: int = 224,
@@ -345,7 +349,7 @@ def load_npz(path: str | os.PathLike, *, variant: str | MixerConfig,
   flat = npz_convert.read_google_npz(path, anchor="stem/kernel", scanned=[("", "MixerBlock")])
   return _finish_load(flat, config=config, num_classes=num_classes, image_size=image_size,
                       gelu_approximate=gelu_approximate, dtype=dtype, source=os.fspath(path),
-                      name=f"mixer_{variant}")
+                      name=_default_name(variant))
 
 
 def _timm_rules() -> list[timm_convert.Rule]:
@@ -389,4 +393,4 @@ def load_timm(path: str | os.PathLike, *, variant: str | MixerConfig,
   flat, origin = timm_convert.convert(checkpoints.read_safetensors(path), _timm_rules())
   return _finish_load(flat, config=config, num_classes=num_classes, image_size=image_size,
                       gelu_approximate=gelu_approximate, dtype=dtype, source=os.fspath(path),
-                      name=f"mixer_{variant}", origin=origin)
+                      name=_default_name(variant), origin=origin)

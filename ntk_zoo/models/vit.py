@@ -328,6 +328,10 @@ def _apply_fn(module: VisionTransformer):
   return apply
 
 
+def _default_name(variant: str | ViTConfig) -> str:
+  return f"vit_{variant}" if isinstance(variant, str) else "vit"
+
+
 def _to_model(module: VisionTransformer, params: Any, image_size: int | tuple[int, int],
               name: str) -> Model:
   apply = _apply_fn(module)
@@ -337,10 +341,11 @@ def _to_model(module: VisionTransformer, params: Any, image_size: int | tuple[in
                num_classes=module.num_classes, name=name)
 
 
-# Flax's `init` draws one threefry sample per parameter. Measured on 2 CPU cores: the tiny ViT
-# initializes in ~5.5 s eagerly (one compilation per op and shape) but ~1.6 s jit-compiled at XLA
-# optimization level 0; for ViT-B/16 eager (~8 s) beats the unoptimized program (~13 s), whose 86M
-# draws then run slowly. So small models take the unoptimized jit, large ones run eagerly.
+# Flax's `init` draws one threefry sample per parameter. Measured (CPU seconds, 2 shared cores
+# under load): the tiny ViT initializes in ~5.5 s eagerly (one compilation per op and shape) but
+# ~1.6 s jit-compiled at XLA optimization level 0; for ViT-B/16 eager (~8 s) beats the unoptimized
+# program (~13 s), whose 86M draws then run slowly. So small models take the unoptimized jit
+# (compiled once per configuration), large ones run eagerly.
 INIT_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
 _JIT_INIT_MAX_PARAMS = 2_000_000
 
@@ -397,7 +402,7 @@ def create(variant: str | ViTConfig, *, num_classes: int = 1000,
                    representation_size=representation_size, gelu_approximate=gelu_approximate,
                    dtype=dtype)
   params = init_params(module, jax.ShapeDtypeStruct((1, *_image_shape(image_size)), dtype), seed)
-  return _to_model(module, params, image_size, name or f"vit_{variant}")
+  return _to_model(module, params, image_size, name or _default_name(variant))
 
 
 def _registered(name: str, variant: str, default_image_size: int = 224,
@@ -517,7 +522,8 @@ def load_npz(path: str | os.PathLike, *, variant: str | ViTConfig, num_classes: 
   expected = param_shapes(config, num_classes=num_classes, image_size=image_size,
                           classifier=classifier, representation_size=representation_size)
   flat = npz_convert.match_names(flat, expected)
-  return _finish_load(flat, expected, module, image_size, os.fspath(path), f"vit_{variant}")
+  return _finish_load(flat, expected, module, image_size, os.fspath(path),
+                      _default_name(variant))
 
 
 def _split_heads(kernel: np.ndarray, num_heads: int, axis: int) -> np.ndarray:
@@ -615,4 +621,5 @@ def load_timm(path: str | os.PathLike, *, variant: str | ViTConfig,
   expected = param_shapes(config, num_classes=num_classes, image_size=image_size,
                           classifier=classifier)
   flat = timm_convert.annotate_unexpected(flat, origin, expected)
-  return _finish_load(flat, expected, module, image_size, os.fspath(path), f"vit_{variant}")
+  return _finish_load(flat, expected, module, image_size, os.fspath(path),
+                      _default_name(variant))
