@@ -132,13 +132,15 @@ def _block(x):
 # The timer.
 
 def time_fn(fn: Callable, *args, repeats: int = 3, time_budget_s: float | None = None,
-            min_repeats: int = 1) -> dict:
+            min_repeats: int = 1, min_time_s: float = 1.0, max_repeats: int = 100) -> dict:
   """Compiles `jax.jit(fn)` for `args` and times it.
 
   Sequence: `jax.jit(fn).lower(*args)` (trace + lower, `lower_s`), `.compile()` (`compile_s`
   reports lower + compile, i.e. everything before the first execution), one first execution
   (`first_run_s`, not part of the statistics), then `repeats` warm executions, each ended by
-  `block_until_ready`; `median_s`/`min_s` are over those warm runs. If `time_budget_s` is given
+  `block_until_ready`; `median_s`/`min_s` are over those warm runs. Fast functions get more warm
+  runs, enough for about `min_time_s` in all (at most `max_repeats`), so a stray context switch
+  on a shared machine does not set the median. If `time_budget_s` is given
   and the first run shows that `repeats` warm runs would not fit in what is left of it, fewer
   (at least `min_repeats`) are done; `runs` says how many.
 
@@ -178,12 +180,17 @@ def time_fn(fn: Callable, *args, repeats: int = 3, time_budget_s: float | None =
   out = _block(compiled(*args))
   first = time.perf_counter() - t3
 
-  n = repeats
-  if time_budget_s is not None:
-    left = time_budget_s - (time.perf_counter() - start)
-    n = max(min_repeats, min(repeats, int(left // max(first, 1e-9))))
-  times = []
-  for _ in range(n):
+  # Warm runs: at least `repeats`, more while under `min_time_s` in all (at most `max_repeats`);
+  # fewer (at least `min_repeats`) where the next run would overrun `time_budget_s`.
+  times: list[float] = []
+  while True:
+    n = len(times)
+    if n >= max(repeats, min_repeats) and (n >= max_repeats or sum(times) >= min_time_s):
+      break
+    if time_budget_s is not None and n >= min_repeats:
+      left = time_budget_s - (time.perf_counter() - start)
+      if left < (statistics.median(times) if times else first):
+        break
     t = time.perf_counter()
     out = _block(compiled(*args))
     times.append(time.perf_counter() - t)
@@ -289,6 +296,7 @@ def run_cell(cmd: Sequence[str], timeout_s: float, mem_limit_mb: float | None = 
   subprocess (imports, input creation, compile and runs); `child_maxrss_mb` is the child's peak
   RSS as the kernel reports it to the parent (`os.wait4`), available even for killed cells.
   """
+  load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
   t0 = time.perf_counter()
   proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                           cwd=cwd, start_new_session=True, text=True)
@@ -345,6 +353,8 @@ def run_cell(cmd: Sequence[str], timeout_s: float, mem_limit_mb: float | None = 
     rec["status"] = "oom" if oom else "error"
     rec["error"] = f"exit code {proc.returncode}; stderr tail: {err[-1500:]}"
   rec["cell_wall_s"] = wall
+  if load0 is not None:
+    rec["loadavg_1m"] = [load0, os.getloadavg()[0]]  # Machine load at the cell's start and end.
   if rusage is not None:
     rec["child_maxrss_mb"] = rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / _MB
   rec["watch_peak_rss_mb"] = watch_peak / _MB
@@ -434,6 +444,8 @@ def add_grid_args(p: argparse.ArgumentParser, default_out: str) -> None:
   p.add_argument("--out", default=default_out, help="JSONL output path")
   p.add_argument("--resume", action="store_true",
                  help="append to --out and skip cells already recorded there with status ok")
+  p.add_argument("--append", action="store_true",
+                 help="append to --out and rerun every cell; the latest record per cell wins")
   p.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # Internal: one cell (JSON).
 
 
@@ -524,18 +536,21 @@ def fmt_num(v: float | None, digits: int = 3) -> str:
 
 
 def run_sweep(jobs: Sequence[tuple[dict, Sequence[str]]], out_path: str, timeout_s: float,
-              mem_limit_mb: float | None, resume: bool = False, env: dict | None = None,
+              mem_limit_mb: float | None, resume: bool = False, append: bool = False,
+              env: dict | None = None,
               cwd: str | None = None, log=sys.stderr) -> list[dict]:
   """Runs `(meta, cmd)` jobs one at a time, each via `run_cell`; appends each record to `out_path`.
 
   `meta` identifies the cell (library, implementation, n, width, outputs, depth...) and is merged
   under the child's record, so killed cells keep their identity. With `resume`, jobs whose key
-  already has an "ok" record in `out_path` are skipped; otherwise `out_path` is truncated first.
+  already has an "ok" record in `out_path` are skipped; with `append`, every job runs and its
+  record is added after the old ones (readers take the latest record per cell); otherwise
+  `out_path` is truncated first.
   """
   done = set()
   if resume:
     done = {cell_key(r) for r in read_jsonl(out_path) if r.get("status") == "ok"}
-  elif os.path.exists(out_path):
+  elif not append and os.path.exists(out_path):
     os.remove(out_path)
   records = []
   for i, (meta, cmd) in enumerate(jobs):

@@ -109,7 +109,7 @@ def _cell_text(rec: dict | None, field: str, scale: float = 1.0) -> str:
   if v is None:
     return "—"
   s = common.fmt_num(v * scale)
-  if field == "median_s" and rec.get("runs", 0) < 3:
+  if field == "median_s" and rec.get("runs", 0) < 3:  # Fewer than the default --repeats.
     s += "†"
   return s
 
@@ -159,7 +159,7 @@ def markdown(records: list[dict], meta: dict) -> str:
   m = meta.get("machine", {})
   lines = ["## FCN (paper Fig. 1)", ""]
   cmds = meta.get("commands") or [meta.get("command", "?")]
-  lines.append("Command" + ("s, in order," if len(cmds) > 1 else "") + " (from the repository root): "
+  lines.append("Command" + ("s (in order, " if len(cmds) > 1 else " (") + "from the repository root): "
                + "; ".join(f"`{c}`" for c in cmds))
   lines.append("")
   jv = sorted({r.get("jax_version") for r in ours if r.get("jax_version")})
@@ -175,15 +175,25 @@ def markdown(records: list[dict], meta: dict) -> str:
       "`vmap_axes=0`), float32, jitted. Each (config, implementation, library) ran in a fresh "
       "subprocess, one at a time"
       + (", ours then the peer's back to back" if has_peer else "")
-      + f". Time: median of {meta.get('repeats', 3)} warm runs after one untimed first run "
-      "(† fewer runs fitted the per-cell time limit). Compile: `jit(...).lower().compile()`, "
+      + f". Time: median of ≥ {meta.get('repeats', 3)} warm runs after one untimed first run "
+      "(fast cells: as many runs as fill ~1 s, at most 100; † fewer than "
+      f"{meta.get('repeats', 3)} fitted the per-cell time limit). Compile: `jit(...).lower().compile()`, "
       "trace + lower + compile. Peak MB: process peak RSS (`ru_maxrss`) minus the RSS after "
       "imports and input creation, during the runs only (`run_peak_mb`: the peak mark is reset "
       "after compiling; the compile-inclusive peak is `peak_mb` in the JSONL); it includes the "
-      "resident executable and output, a CPU-only proxy with a few MB of noise. timeout: the cell exceeded {meta.get('timeout', '?')} s (imports + compile + "
+      "resident executable and output, a CPU-only proxy with a few MB of noise. "
+      f"timeout: the cell exceeded {meta.get('timeout', '?'):.0f} s (imports + compile + "
       f"runs); OOM: resident memory passed the {meta.get('mem_limit_mb', '?'):.0f} MB cap; n/a: "
       "implementation not available.")
   lines.append("")
+  loads = sorted(l for r in records for l in (r.get("loadavg_1m") or []))
+  if loads:
+    lines.append(
+        f"Machine load (1-min load average on {m.get('cpu_count')} CPUs, sampled at each cell's "
+        f"start and end): median {loads[len(loads) // 2]:.1f}, range {loads[0]:.1f}–"
+        f"{loads[-1]:.1f}. Other jobs shared the CPUs; ours and the peer's ran back to back per "
+        "cell, so compare ratios within a row, and treat sub-10 ms cells as ±2×.")
+    lines.append("")
   skipped = meta.get("skipped") or {}
   for impl, why in skipped.items():
     lines.append(f"- ntk_zoo `{impl}` skipped: {why}")
@@ -339,7 +349,7 @@ def main(argv=None) -> None:
             "depth": args.depth, "skipped": skipped,
             "out_rel": os.path.relpath(os.path.abspath(args.out), REPO)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    if args.resume and os.path.exists(meta_path):
+    if (args.resume or args.append) and os.path.exists(meta_path):
       with open(meta_path) as f:
         old = json.load(f)
       meta["commands"] = old.get("commands", [old.get("command")]) + [meta["command"]]
@@ -349,7 +359,8 @@ def main(argv=None) -> None:
       json.dump(meta, f, indent=1)
     t0 = time.time()
     print(f"{len(jobs)} cells, one at a time, timeout {args.timeout:.0f} s each", file=sys.stderr)
-    common.run_sweep(jobs, args.out, args.timeout, args.mem_limit_mb, resume=args.resume, cwd=REPO)
+    common.run_sweep(jobs, args.out, args.timeout, args.mem_limit_mb, resume=args.resume,
+                     append=args.append, cwd=REPO)
     print(f"done in {time.time() - t0:.0f} s; wrote {args.out}", file=sys.stderr)
   if args.markdown:
     if not os.path.exists(meta_path):

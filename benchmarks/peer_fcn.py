@@ -89,7 +89,8 @@ def main(argv=None) -> None:
     run_one_cell(json.loads(args.cell))
     return
   jobs = jobs_for(common.grid_from_args(args), args.implementations, args)
-  common.run_sweep(jobs, args.out, args.timeout, args.mem_limit_mb, resume=args.resume)
+  common.run_sweep(jobs, args.out, args.timeout, args.mem_limit_mb, resume=args.resume,
+                   append=args.append)
   print(f"wrote {args.out}", file=sys.stderr)
 
 
