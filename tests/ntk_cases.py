@@ -165,7 +165,7 @@ def attention(dtype, n2: int = 2) -> Case:
     var = jnp.var(x, axis=-1, keepdims=True)
     h = (x - mu) / jnp.sqrt(var + 1e-5) * params["ln"]["scale"] + params["ln"]["bias"]
     q, k, v = jnp.einsum("ntd,dchk->cnthk", h, params["qkv"])
-    logits = jnp.einsum("nqhk,nshk->nhqs", q, k) / np.sqrt(d // heads)
+    logits = jnp.einsum("nqhk,nshk->nhqs", q, k) / float(np.sqrt(d // heads))
     att = jax.nn.softmax(logits, axis=-1)
     z = jnp.einsum("nhqs,nshk->nqhk", att, v)
     return x + jnp.einsum("nqhk,hkd->nqd", z, params["out"])
