@@ -167,7 +167,7 @@ def markdown(records: list[dict], meta: dict) -> str:
   lines.append(
       f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model', '?')}), shared with other jobs; "
       f"{meta.get('platform', 'cpu')}; ntk_zoo on JAX {', '.join(jv) or '?'}"
-      + (f"; neural-tangents {', '.join(pv)}" if pv else "") + f"; {m.get('date', '?')}.")
+      + (f"; neural-tangents {', '.join(pv)}" if pv else "") + f"; last command run {m.get('date', '?')}.")
   lines.append("")
   lines.append(
       f"Model: {meta.get('depth', 10)}-layer ReLU FCN, no biases, input dim = width W, NTK "
@@ -188,9 +188,10 @@ def markdown(records: list[dict], meta: dict) -> str:
   lines.append("")
   loads = sorted(l for r in records for l in (r.get("loadavg_1m") or []))
   if loads:
+    n_load = sum(1 for r in records if r.get("loadavg_1m"))
     lines.append(
         f"Machine load (1-min load average on {m.get('cpu_count')} CPUs, sampled at each cell's "
-        f"start and end): median {loads[len(loads) // 2]:.1f}, range {loads[0]:.1f}–"
+        f"start and end; recorded for {n_load} of {len(records)} cells): median {loads[len(loads) // 2]:.1f}, range {loads[0]:.1f}–"
         f"{loads[-1]:.1f}. Other jobs shared the CPUs; ours and the peer's ran back to back per "
         "cell, so compare ratios within a row, and treat sub-10 ms cells as ±2×.")
     lines.append("")
@@ -256,6 +257,7 @@ def markdown(records: list[dict], meta: dict) -> str:
     lines.append("")
     for i in impls:
       tr = [_ratio(by_cfg[c].get((LIBRARY, i)), by_cfg[c].get((PEER, i)), "median_s") for c in cfgs]
+      mr = [_ratio(by_cfg[c].get((LIBRARY, i)), by_cfg[c].get((PEER, i)), "min_s") for c in cfgs]
       cr = [_ratio(by_cfg[c].get((LIBRARY, i)), by_cfg[c].get((PEER, i)), "compile_s") for c in cfgs]
       tr_ok = [t for t in tr if t]
       if not tr_ok:
@@ -263,7 +265,8 @@ def markdown(records: list[dict], meta: dict) -> str:
       lines.append(
           f"- {common.SHORT[i]}: time {common.fmt_num(_geomean(tr_ok), 2)} "
           f"(range {common.fmt_num(min(tr_ok), 2)}–{common.fmt_num(max(tr_ok), 2)}, ours faster "
-          f"in {sum(t < 1 for t in tr_ok)}/{len(tr_ok)}), compile "
+          f"in {sum(t < 1 for t in tr_ok)}/{len(tr_ok)}); with min instead of median "
+          f"{common.fmt_num(_geomean([x for x in mr if x]), 2)}; compile "
           f"{common.fmt_num(_geomean([c for c in cr if c]), 2)}.")
 
   # Cross-check: every implementation (and library) should give the same kernel.
