@@ -34,6 +34,9 @@ import jax.numpy as jnp
 from ntk_zoo.ntk import _tree
 from ntk_zoo.ntk.options import NTKOptions, Role, kernel_subscripts, trace_size
 from ntk_zoo.ntk.structured import _compat as C
+# The rule modules register their rules on import; importing them here guarantees they are
+# registered whichever module of the package a user imports first.
+from ntk_zoo.ntk.structured import rules_index, rules_linear, rules_views  # noqa: F401  pylint: disable=unused-import
 from ntk_zoo.ntk.structured.flatten import flatten
 from ntk_zoo.ntk.structured.rules import IDENTITY_PRIMITIVES, STRUCTURE_RULES, VIEW_RULES
 from ntk_zoo.ntk.structured.rules_views import base_view
