@@ -8,8 +8,10 @@ only `common`, `pure_resnet` (from this directory) and `neural_tangents`, never 
 
 The model is `pure_resnet` (pure JAX, bit-identical parameters and inputs in both venvs);
 `nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=1|2|3)`, jitted, timed by
-`common.time_fn`. As in `peer_fcn.py`, `neural_tangents.experimental` (TensorFlow interop, ~6 s
-and ~0.5 GB per process) is replaced by an empty module unless the cell asks for `import_tf`.
+`common.time_fn`; implementation "jacrev" times plain `jax.jacrev` of both inputs on this venv's
+JAX (no neural-tangents), a reference for what the JAX/XLA version alone changes. As in
+`peer_fcn.py`, `neural_tangents.experimental` (TensorFlow interop, ~6 s and ~0.5 GB per process)
+is replaced by an empty module unless the cell asks for `import_tf`.
 """
 
 from __future__ import annotations
@@ -44,15 +46,30 @@ def run_one_cell(cell: dict) -> None:
 
   def measure():
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    f, params = pure_resnet.model(cell["arch"], cell["outputs"])
+    x1, x2 = (jnp.asarray(x) for x in pure_resnet.inputs(cell["n"], cell["image_size"]))
+    if cell["implementation"] == "jacrev":
+      # Plain JAX on this venv's JAX/XLA, no neural-tangents: a reference for what the JAX
+      # version alone changes (same program as resnet.py's jacrev cell).
+      import jax  # pylint: disable=g-import-not-at-top
+      info = {"library_version": "jax only"}
+      info.update(common.jax_info())
+      info["num_params"] = pure_resnet.num_params(params)
+      jac = jax.jacrev(f)
+      budget = cell["timeout_s"] - (time.time() - _PROC_T0) - 5.0
+      res = common.time_fn(lambda p, a, b: (jac(p, a), jac(p, b)), params, x1, x2,
+                           repeats=cell["repeats"], time_budget_s=budget)
+      res["jacobian_norm"] = res.pop("kernel_norm")
+      res["kernel_shape"] = None
+      info.update(res)
+      return info
     nt = _import_nt(cell.get("import_tf", False))
     impl_id = common.PEER_IDS[cell["implementation"]]
     info = {"library_version": getattr(nt, "__version__",
                                        common.package_version("neural-tangents")),
             "peer_implementation_id": impl_id}
     info.update(common.jax_info())
-    f, params = pure_resnet.model(cell["arch"], cell["outputs"])
     info["num_params"] = pure_resnet.num_params(params)
-    x1, x2 = (jnp.asarray(x) for x in pure_resnet.inputs(cell["n"], cell["image_size"]))
     kernel = nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=impl_id)
     budget = cell["timeout_s"] - (time.time() - _PROC_T0) - 5.0
     info.update(common.time_fn(lambda a, b, p: kernel(a, b, p), x1, x2, params,

@@ -11,13 +11,17 @@ Cells (default): rn18 with O ∈ {10, 100} at 32×32 and rn50 with O = 10 at 224
 image each (N = 1); kernel Θ(x1, x2) of shape (1, 1, O, O) (`trace_axes=()`, `vmap_axes=0`),
 float32, jitted. Per cell, back to back, one subprocess each:
 
-  ours  SD, peer SD, ours VP, peer VP, ours JC, peer JC, ours auto (records `kernel.decisions`),
+  ours SD, peer SD, ours VP, peer VP, ours JC, peer JC, ours auto (records `kernel.decisions`),
   ours jacrev (baseline: `jax.jit(lambda p, a, b: (jax.jacrev(f)(p, a), jax.jacrev(f)(p, b)))`),
-  ours SD on the zoo's Flax model (rn18 only).
+  [peer jacrev: the same plain-JAX program in the peer's venv, with `--peer-implementations
+  ...,jacrev`: what JAX 0.4.23 vs current JAX alone changes], ours SD on the zoo's Flax model
+  (rn18 only).
 
     python benchmarks/resnet.py --peer-venv ~/.cache/ntk_zoo/nt-venv --markdown
     python benchmarks/resnet.py --cells rn18:10 --implementations sd,auto        # ours only
     python benchmarks/resnet.py --report-only --markdown                          # table only
+    python benchmarks/resnet.py --peer-venv ~/.cache/ntk_zoo/nt-venv --cells rn18:10 \
+        --implementations jacrev --peer-implementations jacrev --zoo-implementations '' --append
 
 Timing/memory: `common.time_fn` (compile separately; median of ≥ `--repeats` warm runs; peak RSS
 during the runs) inside `common.run_cell` (per-cell timeout and memory cap). Results: the
@@ -331,7 +335,8 @@ def markdown(records: list[dict], meta: dict) -> str:
       if impl == AUTO and a and a.get("auto_chosen"):
         name = f"auto → {SHORT[a['auto_chosen']]}"
       if impl == JACREV:
-        name = "jacrev ×2 (baseline)"
+        name = "jacrev ×2 (baseline)" + ("; peer column: same program on the peer's JAX"
+                                         if b is not None else "")
       fr, fs = facts.get("released", {}).get(impl), facts.get("same_xla", {}).get(impl)
       ftxt = "—" if fr is None and fs is None else (
           f"{common.fmt_num(fr) if fr else '—'} / {common.fmt_num(fs) if fs else '—'}")
@@ -366,12 +371,23 @@ def markdown(records: list[dict], meta: dict) -> str:
     au = rec(LIBRARY, "pure", AUTO, c)
     if au and au.get("auto_chosen") and ours_best:
       bits.append(f"auto chose {SHORT[au['auto_chosen']]} (fastest measured: {min(ours_best)[1]})")
-    fs = facts.get("same_xla", {})
+    # facts.md's same-XLA peer was timed at another machine load: compare load-free ratios.
+    fs, fr = facts.get("same_xla", {}), facts.get("released", {})
+    est = []
     for impl in (SD, VP, JC):
-      rr = rec(LIBRARY, "pure", impl, c)
-      if fs.get(impl) and rr and rr.get("status") == "ok":
-        bits.append(f"our {SHORT[impl]} ÷ facts.md same-XLA peer {SHORT[impl]} = "
-                    f"{common.fmt_num(rr['median_s'] * 1e3 / fs[impl], 2)}")
+      r = _ratio(rec(LIBRARY, "pure", impl, c), rec(PEER, "pure", impl, c), "median_s")
+      if r and fs.get(impl) and fr.get(impl):
+        est.append(f"{SHORT[impl]} {common.fmt_num(r, 2)} ÷ {common.fmt_num(fs[impl] / fr[impl], 2)}"
+                   f" = **{common.fmt_num(r * fr[impl] / fs[impl], 2)}**")
+    if est:
+      bits.append("ours ÷ same-XLA peer, estimated as (ours ÷ released peer, here) ÷ (same-XLA ÷ "
+                  "released peer, facts.md): " + ", ".join(est))
+    r = _ratio(sd, jr, "median_s")
+    if r and fs.get(SD) and fs.get(JACREV) and not fr.get(SD):
+      bits.append(f"our SD ÷ same-XLA peer SD ≈ {common.fmt_num(r, 2)} ÷ "
+                  f"{common.fmt_num(fs[SD] / fs[JACREV], 2)} = "
+                  f"{common.fmt_num(r * fs[JACREV] / fs[SD], 2)} (SD ÷ jacrev, ours here vs the "
+                  "same-XLA peer's in facts.md)")
     norms = [rr["kernel_norm"] for rr in recs if (rr["arch"], rr["outputs"], rr["image_size"]) == c
              and rr.get("status") == "ok" and rr.get("kernel_norm")]
     if len(norms) > 1:
@@ -404,7 +420,7 @@ def main(argv=None) -> None:
   p.add_argument("--implementations", type=impl_list, default=list(OUR_IMPLS),
                  help="ours: sd,vp,jc,auto,jacrev (default all)")
   p.add_argument("--peer-implementations", type=impl_list, default=list(PEER_IMPLS),
-                 help="the peer's: sd,vp,jc (default all)")
+                 help="the peer's: sd,vp,jc (default), and jacrev (plain JAX in its venv)")
   p.add_argument("--zoo-implementations", type=impl_list, default=[SD],
                  help="ours on the zoo's Flax ResNet-18 (rn18 cells; default sd; '' for none)")
   p.add_argument("--skip", type=skip_list, default=set(),
