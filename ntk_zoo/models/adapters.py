@@ -9,7 +9,9 @@ statistics, nothing mutated. The variables are split in two:
 
 `apply` is a `BoundApply`: a callable holding a pure `fn(params, state, x)` and the `state` it is
 bound to, so a checkpoint loader can re-bind new state (`model.apply.rebind(state)`) without
-rebuilding the module.
+rebuilding the module. Two `BoundApply`s are equal when they hold the same `fn` and the very same
+state arrays, and `from_linen` gives equal modules (with equal `apply_kwargs`) one shared `fn`:
+models of one configuration without state (or sharing it) thus share `jax.jit` caches.
 
 Layouts of `params` / `state`:
 
@@ -31,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -59,6 +62,24 @@ class BoundApply:
   """
   fn: Callable[[PyTree, PyTree, Any], jax.Array]
   state: PyTree
+
+  def _key(self) -> tuple[Any, ...]:
+    leaves, treedef = jax.tree_util.tree_flatten(self.state)
+    return self.fn, treedef, leaves
+
+  def __eq__(self, other: object) -> bool:
+    """Same `fn` and the same state arrays (identical objects): then calls are identical, and
+    `jax.jit` may reuse one trace (whose constants are those arrays) for both."""
+    if not isinstance(other, BoundApply):
+      return NotImplemented
+    fn, treedef, leaves = self._key()
+    other_fn, other_treedef, other_leaves = other._key()
+    return (fn is other_fn and treedef == other_treedef
+            and all(a is b for a, b in zip(leaves, other_leaves)))
+
+  def __hash__(self) -> int:
+    fn, treedef, leaves = self._key()
+    return hash((id(fn), treedef, tuple(id(leaf) for leaf in leaves)))
 
   def __call__(self, params: PyTree, x: Any) -> jax.Array:
     """Returns the (N, O) logits of inputs x (N, *input_spec.shape)."""
@@ -156,15 +177,38 @@ def from_linen(module: Any, variables: Mapping[str, PyTree], *,
         f"{missing} that the variables do not have; available collections: {sorted(variables)}.")
   params = {c: variables[c] for c in differentiate}
   state = {c: v for c, v in variables.items() if c not in params}
-  kwargs = dict(apply_kwargs or {})
-
-  def fn(params, state, x):
-    return module.apply({**params, **state}, x, mutable=False, **kwargs)
-
+  fn = _linen_fn(module, tuple(sorted((apply_kwargs or {}).items())))
   return _finish(fn, params, state, input_spec=input_spec, num_classes=num_classes, name=name,
                  framework="Linen",
                  hint="if the module takes a train/deterministic flag, pass it in apply_kwargs, "
                       "e.g. apply_kwargs={'train': False}.")
+
+
+def _make_linen_fn(module: Any, kwargs: tuple[tuple[str, Any], ...]
+                   ) -> Callable[[PyTree, PyTree, Any], jax.Array]:
+  kwargs = dict(kwargs)
+
+  def fn(params, state, x):
+    return module.apply({**params, **state}, x, mutable=False, **kwargs)
+
+  return fn
+
+
+_cached_linen_fn = functools.lru_cache(maxsize=256)(_make_linen_fn)
+
+
+def _linen_fn(module: Any, kwargs: tuple[tuple[str, Any], ...]
+              ) -> Callable[[PyTree, PyTree, Any], jax.Array]:
+  """`fn(params, state, x)` applying `module`; one shared function per equal (module, kwargs).
+
+  Linen modules are frozen dataclasses, equal when their attributes are; a module or keyword
+  argument that cannot be hashed gets a function of its own.
+  """
+  try:
+    hash((module, kwargs))
+  except TypeError:
+    return _make_linen_fn(module, kwargs)
+  return _cached_linen_fn(module, kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

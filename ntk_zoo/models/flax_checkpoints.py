@@ -12,12 +12,12 @@ each colon is the one error messages use):
 
 * `ntk_zoo {'params', 'state'}`: `{"params": params, "state": state}`, as `save(path, model)`
   writes it.
-* `{'params': params, **state}`: `flax.serialization.to_bytes(variables)` of a Linen model whose
-  `Model.params` is the inner "params" collection (e.g. `ntk_zoo.models.resnet`); Haiku
-  `{"params": ..., "state": ...}` pairs for `from_haiku` models (whose state is
-  `{"params": frozen, "state": ...}`).
-* `{**params, **state}`: `to_bytes(variables)` for `from_linen` models (params keyed by
-  collection, e.g. `{"params": ...}` + `{"batch_stats": ...}`), or a bare params tree.
+* `{'params': params, **state}`: Haiku `{"params": ..., "state": ...}` pairs for `from_haiku`
+  models (whose state is `{"params": frozen, "state": ...}`), or `to_bytes(variables)` for a
+  hand-built `Model` whose params are the inner "params" collection.
+* `{**params, **state}`: `flax.serialization.to_bytes(variables)` for `from_linen` models and
+  every Linen zoo model (ResNet, WRN, ViT, Mixer; params keyed by collection, e.g.
+  `{"params": ...}` + `{"batch_stats": ...}`), or a bare params tree.
 
 In all three, the state part may be absent (the model keeps its own state).
 

@@ -12,7 +12,8 @@ without renaming:
     pre_head_layer_norm/{scale, bias}
     head/{kernel (D, C), bias (C,)}
 
-with S = number of patches, Ds = tokens_mlp_dim, Dc = channels_mlp_dim.
+with S = number of patches, Ds = tokens_mlp_dim, Dc = channels_mlp_dim. In a `Model` this tree
+is `model.params["params"]` (built by `adapters.from_linen`, as every Linen zoo model; no state).
 
 Loaders (no torch import, nothing is unpickled): `load_npz` (vit_jax / big_vision files,
 optionally prefixed `params/` or `opt/target/`, bfloat16 stored as void) and `load_timm` (timm
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_zoo.models import checkpoints, npz_convert, timm_convert
+from ntk_zoo.models.adapters import from_linen
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
 from ntk_zoo.models.vit import init_params
@@ -227,27 +229,20 @@ def param_shapes(variant: str | MixerConfig, *, num_classes: int = 1000,
   return checkpoints.flatten(jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"])
 
 
-@functools.lru_cache(maxsize=None)
-def _apply_fn(module: MlpMixer):
-  """`apply(params, x)` of `module`; equal modules share one function, hence one jit cache."""
-
-  def apply(params, x):
-    return module.apply({"params": params}, x)
-
-  return apply
-
-
 def _default_name(variant: str | MixerConfig) -> str:
   return f"mixer_{variant}" if isinstance(variant, str) else "mixer"
 
 
 def _to_model(module: MlpMixer, params: Any, image_size: int | tuple[int, int],
               name: str) -> Model:
-  apply = _apply_fn(module)
+  """`from_linen` of `module` with `params` (the inner "params" tree) as `{"params": params}`.
+
+  Equal modules share one `apply` function, hence one `jax.jit` cache (see `BoundApply`).
+  """
   spec = InputSpec(shape=_image_shape(image_size), dtype=module.dtype, mean=MIXER_MEAN,
                    std=MIXER_STD)
-  return Model(apply=apply, params=params, state={}, input_spec=spec,
-               num_classes=module.num_classes, name=name)
+  return from_linen(module, {"params": params}, input_spec=spec,
+                    num_classes=module.num_classes, name=name)
 
 
 def create(variant: str | MixerConfig, *, num_classes: int = 1000,
@@ -266,7 +261,8 @@ def create(variant: str | MixerConfig, *, num_classes: int = 1000,
     name: model name (default "mixer_" + variant).
 
   Returns:
-    `Model` with `apply(params, x)`: x (N, H, W, 3) -> logits (N, num_classes).
+    `Model` with `apply(params, x)`: x (N, H, W, 3) -> logits (N, num_classes), and
+    `params = {"params": tree}` (the layout of `adapters.from_linen`).
   """
   module = _module(variant, num_classes=num_classes, gelu_approximate=gelu_approximate,
                    dtype=dtype)

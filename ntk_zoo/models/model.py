@@ -51,8 +51,10 @@ class Model:
       and logits of shape (N, num_classes). Non-trainable state (BatchNorm statistics, frozen
       collections) is closed over in inference mode.
     params: the pytree `apply` is differentiated with respect to (what the NTK is taken over).
+      Linen models (every Linen zoo architecture and `adapters.from_linen`) key it by
+      collection, `{"params": tree}`; see `ntk_zoo.models.adapters` for NNX and Haiku.
     state: frozen non-differentiated variables (for inspection and re-binding; already captured
-      by `apply`).
+      by `apply`), e.g. `{"batch_stats": tree}` for a Linen model with BatchNorm.
     input_spec: input shape/dtype/preprocessing.
     num_classes: number of logits O.
     name: human-readable name, e.g. "resnet50".

@@ -13,7 +13,9 @@ and give the same logits:
 
 Variables: `params` holds conv kernels, BatchNorm scale/bias and the head (all trainable:
 ResNet-50 has 25,557,032 of them, as torchvision reports); `batch_stats` holds the BatchNorm
-running mean/var.
+running mean/var. The `Model` has the layout of `adapters.from_linen`: `model.params =
+{"params": ...}`, `model.state = {"batch_stats": ...}`, and `apply` a `BoundApply`, so a Flax
+variables file loads with `flax_checkpoints.load_into(model, path)`.
 
 Usage::
 
@@ -40,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from ntk_zoo.models import checkpoints, torch_convert
+from ntk_zoo.models.adapters import from_linen
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
 
@@ -239,39 +242,37 @@ def make_module(arch: str, *, num_classes: int | None = None,
 def linen_model(module: nn.Module, variables: Mapping[str, PyTree], *,
                 differentiate: Differentiate, input_spec: InputSpec, num_classes: int,
                 name: str) -> Model:
-  """Wraps an initialized Linen module whose `__call__(x, train)` returns logits as a `Model`.
+  """Wraps an initialized zoo Linen module (`__call__(x, train)` -> logits) as a `Model`.
+
+  A thin front to `adapters.from_linen` (inference mode, `train=False`), so every Linen zoo model
+  has the adapters' layout and `flax_checkpoints.load_into` can re-bind its BatchNorm statistics.
 
   Args:
     module: the Linen module.
     variables: its variables, e.g. {"params": ..., "batch_stats": ...}.
-    differentiate: "params": `Model.params` is the "params" collection (conv kernels, BatchNorm
+    differentiate: "params": `Model.params = {"params": ...}` (conv kernels, BatchNorm
       scale/bias, head) and the other collections (BatchNorm running statistics) are closed over
-      as `Model.state`. "all": `Model.params` is the whole variables dict (running statistics
-      included) and `state` is empty.
+      as `Model.state = {"batch_stats": ...}`. "all": `Model.params` holds every collection
+      (running statistics included) and `state` is empty.
     input_spec: the model's input description.
     num_classes: number of logits.
     name: model name.
 
   Returns:
     A `Model` whose `apply(params, x)` maps (N, *input_spec.shape) to (N, num_classes) logits in
-    inference mode (`train=False`).
+    inference mode; equal modules share one `apply` function (see `adapters.BoundApply`).
+
+  Raises:
+    ValueError: `differentiate` is neither "params" nor "all".
   """
-  variables = dict(variables)
   if differentiate == "params":
-    params = variables.pop("params")
-    state = variables
-
-    def apply(params: PyTree, x: jax.Array) -> jax.Array:
-      return module.apply({"params": params, **state}, x, train=False)
+    collections = ("params",)
   elif differentiate == "all":
-    params, state = variables, {}
-
-    def apply(params: PyTree, x: jax.Array) -> jax.Array:
-      return module.apply(params, x, train=False)
+    collections = tuple(variables)
   else:
     raise ValueError(f"differentiate must be 'params' or 'all'; got {differentiate!r}.")
-  return Model(apply=apply, params=params, state=state, input_spec=input_spec,
-               num_classes=num_classes, name=name)
+  return from_linen(module, variables, input_spec=input_spec, num_classes=num_classes,
+                    differentiate=collections, apply_kwargs={"train": False}, name=name)
 
 
 # XLA spends ~10x longer optimizing Flax's `init` (one threefry draw per parameter) than running

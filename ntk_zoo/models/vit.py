@@ -16,6 +16,9 @@ The module tree and parameter names are those of google-research/vision_transfor
     pre_logits/{kernel, bias}                                   only with `representation_size`
     head/{kernel (D, C), bias (C,)}
 
+In a `Model` this tree is `model.params["params"]` (built by `adapters.from_linen`, as every Linen
+zoo model; there is no state).
+
 Loaders (no torch import, nothing is unpickled):
 * `load_npz`: vit_jax files (pre-Linen numbering, optional `opt/target/` prefix) and big_vision
   files (Linen numbering, `params/` prefix, blocks scanned along depth, bfloat16 stored as void,
@@ -53,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_zoo.models import checkpoints, npz_convert, timm_convert
+from ntk_zoo.models.adapters import from_linen
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
 
@@ -318,27 +322,20 @@ def param_shapes(variant: str | ViTConfig, *, num_classes: int = 1000,
   return checkpoints.flatten(shapes["params"])
 
 
-@functools.lru_cache(maxsize=None)
-def _apply_fn(module: VisionTransformer):
-  """`apply(params, x)` of `module`; equal modules share one function, hence one jit cache."""
-
-  def apply(params, x):
-    return module.apply({"params": params}, x)
-
-  return apply
-
-
 def _default_name(variant: str | ViTConfig) -> str:
   return f"vit_{variant}" if isinstance(variant, str) else "vit"
 
 
 def _to_model(module: VisionTransformer, params: Any, image_size: int | tuple[int, int],
               name: str) -> Model:
-  apply = _apply_fn(module)
+  """`from_linen` of `module` with `params` (the inner "params" tree) as `{"params": params}`.
+
+  Equal modules share one `apply` function, hence one `jax.jit` cache (see `BoundApply`).
+  """
   spec = InputSpec(shape=_image_shape(image_size), dtype=module.dtype, mean=AUGREG_MEAN,
                    std=AUGREG_STD)
-  return Model(apply=apply, params=params, state={}, input_spec=spec,
-               num_classes=module.num_classes, name=name)
+  return from_linen(module, {"params": params}, input_spec=spec,
+                    num_classes=module.num_classes, name=name)
 
 
 # Flax's `init` draws one threefry sample per parameter. Measured (CPU seconds, 2 shared cores
@@ -396,7 +393,8 @@ def create(variant: str | ViTConfig, *, num_classes: int = 1000,
     name: model name (default "vit_" + variant).
 
   Returns:
-    `Model` with `apply(params, x)`: x (N, H, W, 3) -> logits (N, num_classes).
+    `Model` with `apply(params, x)`: x (N, H, W, 3) -> logits (N, num_classes), and
+    `params = {"params": tree}` (the layout of `adapters.from_linen`).
   """
   module = _module(variant, num_classes=num_classes, classifier=classifier,
                    representation_size=representation_size, gelu_approximate=gelu_approximate,

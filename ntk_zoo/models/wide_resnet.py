@@ -412,7 +412,8 @@ def build_ntk(depth: int, k: int, *, num_classes: int = 10, image_size: int = 32
     image_size: input height = width.
     seed: PRNG seed of the initialization.
     dtype: parameter, input and computation dtype.
-    differentiate: "params" or "all" (identical here but for nesting: there is no state).
+    differentiate: "params" or "all" (the same here: there is no state; `Model.params =
+      {"params": ...}` either way).
     parameterization: "ntk" (neural-tangents' default) or "standard".
     W_std: weight standard deviation of every conv and of the head.
     b_std: head bias standard deviation (None: no bias).

@@ -1,12 +1,11 @@
-"""Tests of ntk_zoo.models.resnet: published sizes, torchvision parity, checkpoint errors, NTK.
+"""Tests of ntk_zoo.models.resnet: published sizes, torchvision parity, checkpoint files.
 
 The parity reference is an independent ResNet forward written here with torch.nn.functional
 directly on torchvision state-dict names (torchvision itself is deliberately not installed).
+The full NTK of resnet_tiny is checked in test_zoo_ntk.py.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import ntk_zoo.models
-from ntk_zoo.models import checkpoints, resnet
+from ntk_zoo.models import checkpoints, flax_checkpoints, resnet
+from ntk_zoo.models.adapters import BoundApply
 from ntk_zoo.models.checkpoints import CheckpointMismatchError
 
 # ---------------------------------------------------------------------------------------------
@@ -164,13 +164,21 @@ def test_parameter_count_matches_torchvision_state_dict_without_buffers():
 # Factories and the registry.
 
 
-def test_tiny_factory_shapes_and_collections():
-  model = ntk_zoo.models.get("resnet_tiny")
+@pytest.fixture(scope="module")
+def built_tiny():
+  """resnet_tiny from the registry (random torchvision-style init)."""
+  return ntk_zoo.models.get("resnet_tiny")
+
+
+def test_tiny_factory_shapes_and_collections(built_tiny):
+  model = built_tiny
   x = model.input_spec.dummy(3)
   assert x.shape == (3, 32, 32, 3)
   assert model.apply(model.params, x).shape == (3, 10)
-  assert set(model.state) == {"batch_stats"}
-  assert "scale" in model.params["bn1"] and "mean" in model.state["batch_stats"]["bn1"]
+  assert set(model.params) == {"params"} and set(model.state) == {"batch_stats"}
+  assert "scale" in model.params["params"]["bn1"]
+  assert "mean" in model.state["batch_stats"]["bn1"]
+  assert isinstance(model.apply, BoundApply)
   assert model.num_params == count("resnet_tiny", num_classes=10)
   assert model.input_spec.mean == resnet.IMAGENET_MEAN
 
@@ -189,7 +197,7 @@ def tiny():
 
 def test_differentiate_all_includes_batch_stats_and_agrees(tiny):
   x = tiny.input_spec.dummy(2, seed=1)
-  variables = {"params": tiny.params, **tiny.state}
+  variables = {**tiny.params, **tiny.state}
   module = resnet.make_module("resnet_tiny")
   b = resnet.linen_model(module, variables, differentiate="all", input_spec=tiny.input_spec,
                          num_classes=10, name="resnet_tiny")
@@ -217,7 +225,7 @@ def test_apply_is_jittable_and_inference_mode(tiny):
 def test_train_mode_uses_batch_statistics(tiny):
   module = resnet.make_module("resnet_tiny")
   x = tiny.input_spec.dummy(4)
-  y, updates = module.apply({"params": tiny.params, **tiny.state}, x, train=True,
+  y, updates = module.apply({**tiny.params, **tiny.state}, x, train=True,
                             mutable=["batch_stats"])
   assert y.shape == (4, 10)
   assert not np.allclose(updates["batch_stats"]["bn1"]["mean"],
@@ -251,7 +259,7 @@ def test_load_torchvision_from_in_memory_dict_and_num_classes_override():
   sd = random_state_dict("resnet_tiny", 7)
   model = resnet.load_torchvision(sd, arch="resnet_tiny")
   assert model.num_classes == 7
-  np.testing.assert_array_equal(model.params["conv1"]["kernel"],
+  np.testing.assert_array_equal(model.params["params"]["conv1"]["kernel"],
                                 sd["conv1.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(model.state["batch_stats"]["layer2_0"]["downsample_bn"]["var"],
                                 sd["layer2.0.downsample.1.running_var"])
@@ -266,9 +274,9 @@ def test_file_written_by_safetensors_torch(tmp_path):
   path = tmp_path / "from_torch.safetensors"
   safetensors.torch.save_file({k: torch.from_numpy(v) for k, v in sd.items()}, str(path))
   model = resnet.load_torchvision(path, arch="resnet_tiny")
-  np.testing.assert_array_equal(model.params["layer1_0"]["conv2"]["kernel"],
+  np.testing.assert_array_equal(model.params["params"]["layer1_0"]["conv2"]["kernel"],
                                 sd["layer1.0.conv2.weight"].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(model.params["fc"]["kernel"], sd["fc.weight"].T)
+  np.testing.assert_array_equal(model.params["params"]["fc"]["kernel"], sd["fc.weight"].T)
 
 
 def test_mismatched_checkpoint_names_the_keys(tmp_path):
@@ -288,6 +296,39 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
   assert "num_batches_tracked" not in msg
 
 
+# ---------------------------------------------------------------------------------------------
+# Flax msgpack files (flax_checkpoints.load_into), BatchNorm statistics included.
+
+
+def test_load_into_flax_variables_file_with_batch_stats(tmp_path, built_tiny):
+  """`flax.serialization.to_bytes(variables)` ({"params", "batch_stats"}) of a trained ResNet."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  sd = random_state_dict("resnet_tiny", 10, seed=3)
+  source = resnet.load_torchvision(sd, arch="resnet_tiny")
+  path = tmp_path / "variables.msgpack"
+  path.write_bytes(serialization.to_bytes({**source.params, **source.state}))
+  loaded = flax_checkpoints.load_into(built_tiny, path)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, source.params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.state, source.state)
+  assert loaded.apply.state is loaded.state  # the file's statistics are what `apply` uses
+  x = np.random.default_rng(4).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  ours = np.asarray(jax.jit(loaded.apply)(loaded.params, jnp.asarray(x)))
+  ref = torch_resnet_forward(sd, "resnet_tiny", np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  assert rel_err(ours, ref) < 1e-4, rel_err(ours, ref)
+  # The factory model itself is untouched.
+  assert not np.allclose(built_tiny.apply(built_tiny.params, jnp.asarray(x)), ours)
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "orbax"])
+def test_save_and_load_into_round_trip(tmp_path, tiny, built_tiny, fmt):
+  path = flax_checkpoints.save(tmp_path / "ckpt", tiny, format=fmt)
+  loaded = flax_checkpoints.load_into(built_tiny, path)
+  x = tiny.input_spec.dummy(2, seed=5)
+  np.testing.assert_allclose(loaded.apply(loaded.params, x), tiny.apply(tiny.params, x),
+                             rtol=1e-5, atol=1e-6)
+  assert loaded.apply == built_tiny.apply.rebind(loaded.state)  # one shared apply function
+
+
 def test_wrong_architecture_is_a_mismatch():
   with pytest.raises(CheckpointMismatchError, match="layer1.0.conv3.weight"):
     resnet.load_torchvision(random_state_dict("resnet18", 1000), arch="resnet50")
@@ -304,25 +345,6 @@ def test_torch_module_names():
   assert resnet.torch_module_name("layer3_12/downsample_bn") == "layer3.12.downsample.1"
   assert resnet.torch_module_name("layer1_0/downsample_conv") == "layer1.0.downsample.0"
   assert resnet.torch_module_name("fc") == "fc"
-
-
-# ---------------------------------------------------------------------------------------------
-# The full NTK of the tiny variant against the brute-force reference.
-
-
-@pytest.mark.skipif(importlib.util.find_spec("ntk_zoo.ntk.api") is None,
-                    reason="ntk_zoo.ntk.api not written yet")
-def test_tiny_ntk_matches_reference():
-  from ntk_zoo import ntk_fn  # pylint: disable=g-import-not-at-top
-  from ntk_zoo.testing import assert_ntk_close, reference_ntk  # pylint: disable=g-import-not-at-top
-  model = resnet.load_torchvision(random_state_dict("resnet_tiny", 3), arch="resnet_tiny",
-                                  image_size=16)
-  x1 = model.input_spec.dummy(2, seed=1)
-  x2 = model.input_spec.dummy(2, seed=2)
-  k = ntk_fn(model.apply, implementation="ntk_vector_products", trace_axes=())(
-      x1, x2, model.params)
-  assert k.shape == (2, 2, 3, 3)
-  assert_ntk_close(k, reference_ntk(model.apply, x1, x2, model.params, trace_axes=()))
 
 
 def test_torch_convert_layouts_and_errors():

@@ -1,14 +1,14 @@
-"""Tests of ntk_zoo.models.vit: variants, published sizes, timm/vit_jax/big_vision loading, NTK.
+"""Tests of ntk_zoo.models.vit: variants, published sizes, timm/vit_jax/big_vision loading.
 
 The timm parity reference is an independent ViT forward written here with torch.nn.functional
 directly on timm state-dict names (timm itself is deliberately not installed). The checkpoint
 files are written with the real key names and shapes of each format, filled with random values.
+The full NTK of vit_tiny is checked in test_zoo_ntk.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -130,7 +130,7 @@ def small_model():
 
 
 def flat_params(model) -> dict[str, np.ndarray]:
-  return {k: np.asarray(v) for k, v in checkpoints.flatten(model.params).items()}
+  return {k: np.asarray(v) for k, v in checkpoints.flatten(model.params["params"]).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_load_timm_matches_torch_reference(timm_file):
 def test_load_timm_resamples_pos_embed(timm_file):
   path, sd = timm_file
   m = vit.load_timm(path, variant=SMALL, image_size=48)  # grid 4x4 -> 6x6
-  pe = m.params["Transformer"]["posembed_input"]["pos_embedding"]
+  pe = m.params["params"]["Transformer"]["posembed_input"]["pos_embedding"]
   assert pe.shape == (1, 1 + 36, SMALL.hidden_size)
   np.testing.assert_array_equal(pe[:, :1], sd["pos_embed"][:, :1])  # Class token row kept.
   assert jax.eval_shape(m.apply, m.params, images(1, 48)).shape == (1, CLASSES)
@@ -324,7 +324,7 @@ def test_load_npz_vit_jax_pre_linen(tmp_path, small_model):
   path = tmp_path / "ViT-small.npz"
   np.savez(path, **flat)
   loaded = vit.load_npz(path, variant=SMALL, image_size=IMAGE)
-  assert loaded.apply is m.apply  # Same configuration (tanh GELU, class token, 10 classes).
+  assert loaded.apply == m.apply  # Same configuration (tanh GELU, class token, 10 classes).
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, m.params)
   # A training checkpoint: parameters under opt/target/, plus optimizer state to ignore.
   train = {f"opt/target/{k}": v for k, v in flat.items()}
@@ -343,7 +343,7 @@ def test_load_npz_big_vision_scanned_bfloat16(tmp_path, small_model):
   flat[vit.POSEMB_KEY] = flat[vit.POSEMB_KEY].copy()
   flat[vit.POSEMB_KEY][:, :1] = 0.0
   flat = {k: as_bf16_void(v).view(ml_dtypes.bfloat16).astype(np.float32) for k, v in flat.items()}
-  ref_params = checkpoints.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+  ref_params = {"params": checkpoints.unflatten({k: jnp.asarray(v) for k, v in flat.items()})}
 
   bv = to_big_vision(flat, SMALL.num_layers)
   assert bv["pos_embedding"].shape == (1, 16, SMALL.hidden_size)
@@ -356,7 +356,7 @@ def test_load_npz_big_vision_scanned_bfloat16(tmp_path, small_model):
   with np.load(path) as z:
     assert z["params/cls"].dtype == np.dtype("V2")
   loaded = vit.load_npz(path, variant=SMALL, image_size=IMAGE)
-  assert loaded.apply is m.apply
+  assert loaded.apply == m.apply
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, ref_params)
   # Same function as the original model (whose weights were rounded to bfloat16 in the file).
   rounded = jax.tree_util.tree_map(
@@ -381,7 +381,7 @@ def test_load_npz_big_vision_gap_model(tmp_path):
       unscanned[k] = v
   np.savez(tmp_path / "gap.npz", **unscanned)
   loaded = vit.load_npz(tmp_path / "gap.npz", variant=SMALL, image_size=IMAGE)
-  assert loaded.apply is m.apply  # classifier="gap" inferred from the missing class token.
+  assert loaded.apply == m.apply  # classifier="gap" inferred from the missing class token.
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, m.params)
 
 
@@ -393,7 +393,7 @@ def test_load_npz_infers_pre_logits(tmp_path):
   assert flat["pre_logits/kernel"].shape == (32, 24) and flat["head/kernel"].shape == (24, 10)
   np.savez(tmp_path / "i21k.npz", **flat)
   loaded = vit.load_npz(tmp_path / "i21k.npz", variant=SMALL, image_size=IMAGE)
-  assert loaded.apply is m.apply
+  assert loaded.apply == m.apply
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, m.params)
 
 
@@ -401,7 +401,7 @@ def test_load_npz_resamples_pos_embedding(tmp_path, small_model):
   flat = flat_params(small_model)
   np.savez(tmp_path / "v.npz", **flat)
   loaded = vit.load_npz(tmp_path / "v.npz", variant=SMALL, image_size=56)  # grid 4 -> 7
-  pe = loaded.params["Transformer"]["posembed_input"]["pos_embedding"]
+  pe = loaded.params["params"]["Transformer"]["posembed_input"]["pos_embedding"]
   expected = npz_convert.resample_posemb(flat[vit.POSEMB_KEY], (7, 7), num_prefix_tokens=1)
   np.testing.assert_allclose(pe, expected, rtol=1e-6)
   assert jax.eval_shape(loaded.apply, loaded.params, images(1, 56)).shape == (1, CLASSES)
@@ -458,21 +458,3 @@ def test_to_linen_names_renumbers_pre_linen_only():
   assert got["T/b_0/MlpBlock_3/Dense_0/kernel"] == "T/b_0/MlpBlock_0/Dense_0/kernel"
   assert got["T/b_1/LayerNorm_1/scale"] == "T/b_1/LayerNorm_1/scale"  # Already Linen.
   assert got["M/MixerBlock_1/x"] == "M/MixerBlock_1/x"  # A gap: reported, not shifted.
-
-
-# ---------------------------------------------------------------------------------------------
-# NTK of the tiny variant.
-
-
-@pytest.mark.skipif(importlib.util.find_spec("ntk_zoo.ntk.api") is None,
-                    reason="ntk_zoo.ntk.api not available yet")
-def test_full_ntk_of_tiny_vit_matches_reference():
-  from ntk_zoo import ntk_fn  # pylint: disable=g-import-not-at-top
-  from ntk_zoo.testing import assert_ntk_close, reference_ntk  # pylint: disable=g-import-not-at-top
-  model = vit.vit_tiny(num_classes=4)
-  x1 = model.input_spec.dummy(2, seed=0)
-  x2 = model.input_spec.dummy(2, seed=1)
-  k = ntk_fn(model.apply, implementation="ntk_vector_products", trace_axes=())(
-      x1, x2, model.params)
-  assert k.shape == (2, 2, 4, 4)
-  assert_ntk_close(k, reference_ntk(model.apply, x1, x2, model.params, trace_axes=()))

@@ -2,11 +2,11 @@
 
 The parity references are independent forwards written here with torch.nn.functional, reading
 our parameter trees (OIHW = our HWIO kernels transposed).
+The full NTKs of wrn_tiny and wrn_ntk_tiny are checked in test_zoo_ntk.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import jax
@@ -105,8 +105,8 @@ def test_image_size_is_settable():
 
 
 def test_ntk_wrn_has_no_batchnorm(ntk_tiny):
-  assert ntk_tiny.state == {}
-  keys = checkpoints.flatten(ntk_tiny.params)
+  assert ntk_tiny.state == {} and set(ntk_tiny.params) == {"params"}
+  keys = checkpoints.flatten(ntk_tiny.params["params"])
   assert all(k.endswith(("conv/kernel", "head/kernel", "head/bias")) for k in keys), keys
   # Without normalization, each example's logits do not depend on the batch and scale with
   # the input (positively homogeneous network, head bias has b_std = 0).
@@ -118,13 +118,15 @@ def test_ntk_wrn_has_no_batchnorm(ntk_tiny):
 
 
 def test_zk_wrn_has_batchnorm_in_state(zk_tiny):
-  assert set(zk_tiny.state) == {"batch_stats"}
-  assert "scale" in zk_tiny.params["bn"] and "var" in zk_tiny.state["batch_stats"]["bn"]
+  assert set(zk_tiny.params) == {"params"} and set(zk_tiny.state) == {"batch_stats"}
+  assert "scale" in zk_tiny.params["params"]["bn"]
+  assert "var" in zk_tiny.state["batch_stats"]["bn"]
 
 
 def test_ntk_shortcuts_follow_neural_tangents(ntk_tiny):
   # Every group's first block projects, even group 1 at k=1 where the shape does not change.
-  assert {g for g in ntk_tiny.params if "shortcut" in ntk_tiny.params[g]} == {
+  params = ntk_tiny.params["params"]
+  assert {g for g in params if "shortcut" in params[g]} == {
       "group1_0", "group2_0", "group3_0"}
   module = wide_resnet.WideResNetNTK(block_size=2, k=1, always_project_first=False)
   params = wide_resnet.abstract_variables(module, image_size=8)["params"]
@@ -206,7 +208,7 @@ def _randomize_stats(stats, seed=0):
 def test_ntk_wrn_matches_torch_reference(ntk_tiny):
   x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype(np.float32)
   with torch.no_grad():
-    ref = torch_ntk_wrn(ntk_tiny.params, np.ascontiguousarray(x.transpose(0, 3, 1, 2)), 1)
+    ref = torch_ntk_wrn(ntk_tiny.params["params"], np.ascontiguousarray(x.transpose(0, 3, 1, 2)), 1)
   ours = ntk_tiny.apply(ntk_tiny.params, jnp.asarray(x))
   assert rel_err(ours, ref) < 1e-5, rel_err(ours, ref)
 
@@ -215,9 +217,10 @@ def test_zk_wrn_matches_torch_reference(zk_tiny):
   stats = _randomize_stats(zk_tiny.state["batch_stats"])
   module = wide_resnet.WideResNet(depth=10, k=1, num_classes=10)
   x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype(np.float32)
-  ours = module.apply({"params": zk_tiny.params, "batch_stats": stats}, jnp.asarray(x))
+  ours = module.apply({**zk_tiny.params, "batch_stats": stats}, jnp.asarray(x))
   with torch.no_grad():
-    ref = torch_zk_wrn(zk_tiny.params, stats, np.ascontiguousarray(x.transpose(0, 3, 1, 2)), 1)
+    ref = torch_zk_wrn(zk_tiny.params["params"], stats,
+                       np.ascontiguousarray(x.transpose(0, 3, 1, 2)), 1)
   assert rel_err(ours, ref) < 1e-5, rel_err(ours, ref)
 
 
@@ -232,27 +235,8 @@ def test_standard_parameterization_same_forward_as_ntk(ntk_tiny):
 
   params = jax.tree_util.tree_map_with_path(rescale, ntk_tiny.params)
   x = ntk_tiny.input_spec.dummy(2)
-  np.testing.assert_allclose(std.apply({"params": params}, x), ntk_tiny.apply(ntk_tiny.params, x),
+  np.testing.assert_allclose(std.apply(params, x), ntk_tiny.apply(ntk_tiny.params, x),
                              rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="parameterization"):
     wide_resnet.WideResNetNTK(block_size=1, parameterization="mup").init(
         jax.random.PRNGKey(0), x)
-
-
-# ---------------------------------------------------------------------------------------------
-# The full NTK of the tiny variants against the brute-force reference.
-
-
-@pytest.mark.skipif(importlib.util.find_spec("ntk_zoo.ntk.api") is None,
-                    reason="ntk_zoo.ntk.api not written yet")
-@pytest.mark.parametrize("fixture", ["zk_tiny", "ntk_tiny"])
-def test_tiny_ntk_matches_reference(request, fixture):
-  from ntk_zoo import ntk_fn  # pylint: disable=g-import-not-at-top
-  from ntk_zoo.testing import assert_ntk_close, reference_ntk  # pylint: disable=g-import-not-at-top
-  model = request.getfixturevalue(fixture)
-  x1 = model.input_spec.dummy(2, seed=1)
-  x2 = model.input_spec.dummy(2, seed=2)
-  k = ntk_fn(model.apply, implementation="ntk_vector_products", trace_axes=())(
-      x1, x2, model.params)
-  assert k.shape == (2, 2, 10, 10)
-  assert_ntk_close(k, reference_ntk(model.apply, x1, x2, model.params, trace_axes=()))
