@@ -541,3 +541,48 @@ def test_unruled_primitive_warns_once_and_is_exact(x64, name, monkeypatch):
     check_exact(sd, unstructured, ref)
   # Once warned, later kernels stay silent.
   assert _record_unstructured(lambda: kernels(f, w, x1, x2, "full-novmap")) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Call-like wrappers and dtypes.
+
+@jax.custom_vjp
+def _scaled_sin(w, x):
+  return jnp.sin(x @ w)
+
+
+def _scaled_sin_fwd(w, x):
+  return _scaled_sin(w, x), (w, x)
+
+
+def _scaled_sin_bwd(res, g):
+  w, x = res
+  gz = g * jnp.cos(x @ w)
+  return x.T @ gz, gz @ w.T
+
+
+_scaled_sin.defvjp(_scaled_sin_fwd, _scaled_sin_bwd)
+
+
+def test_custom_vjp_function_of_parameter(x64):
+  """A `jax.custom_vjp` function of θ: `jax.linearize` turns it into a `custom_lin` equation,
+  which has only a transpose rule; the kernel must still be exact (as jacobian contraction
+  and `reference_ntk`, both reverse mode, are)."""
+  w, x1, x2 = _rand(0, 4, 3), _rand(1, N1, 4), _rand(2, N2, 4)
+  kernel = ntk_fn(_scaled_sin, implementation="structured_derivatives", trace_axes=())
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UnstructuredPrimitiveWarning)
+    actual = kernel(x1, x2, w)
+  assert_ntk_close(actual, reference_ntk(_scaled_sin, x1, x2, w, trace_axes=()))
+
+
+def test_float32_parameter_on_unstructured_path_keeps_output_dtype(x64):
+  """`ntk_fn` documents the kernel in the dtype of f's output. A float32 parameter converted
+  to float64 *after* an identity-path primitive (here cumsum) is cut in float32; the kernel
+  must still be float64 (and is, when the conversion comes first)."""
+  w, x1 = _ints(0, 4, 3).astype(jnp.float32), _ints(1, N1, 4)
+  for f in (lambda w, x: x @ jnp.cumsum(w.astype(jnp.float64), axis=0),
+            lambda w, x: x @ jnp.cumsum(w, axis=0).astype(jnp.float64)):
+    assert jax.eval_shape(f, w, x1).dtype == jnp.float64
+    actual = ntk_fn(f, implementation="structured_derivatives", trace_axes=())(x1, None, w)
+    assert actual.dtype == jnp.float64, actual.dtype
