@@ -34,6 +34,7 @@ from jax import lax
 
 from ntk_zoo import ntk_fn
 from ntk_zoo.ntk.structured import UnstructuredPrimitiveWarning, engine, rules_disabled
+from ntk_zoo.ntk.structured._compat import is_literal
 from ntk_zoo.ntk.structured._compat import prims as P
 from ntk_zoo.ntk.structured.engine import build_program
 from ntk_zoo.ntk.structured.flatten import flatten
@@ -64,12 +65,17 @@ def _ints(seed: int, *shape: int, low: int = -3, high: int = 4) -> jax.Array:
   return jnp.asarray(np.random.default_rng(seed).integers(low, high, shape), jnp.float64)
 
 
-def uses(f: Callable, params: Any, x: Any) -> list[tuple[int, str, str]]:
-  """(leaf, site kind, primitive name) of every parameter use of the structured program."""
+def program_of(f: Callable, params: Any, x: Any) -> engine.Program:
+  """The structured program of f at x, built as `engine.side` builds it."""
   theta, tree = jax.tree_util.tree_flatten(params)
   _, f_lin = jax.linearize(lambda *t: f(jax.tree_util.tree_unflatten(tree, t), x), *theta)
   closed = jax.make_jaxpr(f_lin)(*theta)
-  program = build_program(flatten(closed), len(closed.consts))
+  return build_program(flatten(closed), len(closed.consts))
+
+
+def uses(f: Callable, params: Any, x: Any) -> list[tuple[int, str, str]]:
+  """(leaf, site kind, primitive name) of every parameter use of the structured program."""
+  program = program_of(f, params, x)
   out = []
   for u in program.uses:
     kind = u.site[0]
@@ -101,13 +107,13 @@ def kernels(f, params, x1, x2, setting: str, disabled: tuple = ()):
   return sd, unstructured, ref
 
 
-def check_exact(sd, unstructured, ref, dtype=jnp.float64) -> None:
-  """All three agree in float64 (rtol 1e-10); the engine's kernels have `dtype`."""
+def check_exact(sd, unstructured, ref) -> None:
+  """All three agree to float64 tolerance (rtol 1e-10); the structured kernel is float64."""
   for k in jax.tree_util.tree_leaves(sd):
-    assert k.dtype == dtype, k.dtype
-  assert_ntk_close(sd, ref)
-  assert_ntk_close(unstructured, ref)
-  assert_ntk_close(sd, unstructured)
+    assert k.dtype == jnp.float64, k.dtype
+  assert_ntk_close(sd, ref, dtype=np.float64)
+  assert_ntk_close(unstructured, ref, dtype=np.float64)
+  assert_ntk_close(sd, unstructured, dtype=np.float64)
   assert np.max(np.abs(ref)) > 0  # Not trivially zero.
 
 
@@ -292,9 +298,12 @@ def test_dot_general_rule(x64, name, setting):
 _C45 = lambda: 1.0 + _rand(7, 4, 5) ** 2  # Away from zero (also a divisor).
 _C15 = lambda: 1.0 + _rand(8, 1, 5) ** 2
 
+_LAX = {jnp.multiply: lax.mul, jnp.divide: lax.div}
+
 ELEMENTWISE = {
-    # name: (theta shape, g(w, x) -> per-batch output, x per-example shape)
-    "literal": ((4, 5), lambda op: lambda w, x: x @ op(w, 2.0), (4,)),
+    # name: (theta shape, g(op) -> f(w, x), x per-example shape)
+    # lax.mul/div with a Python scalar keep a Literal in the jaxpr (jnp makes it a constant).
+    "literal": ((4, 5), lambda op: lambda w, x: x @ _LAX[op](w, 2.0), (4,)),
     "scalar_const": ((4, 5), lambda op: lambda w, x: x @ op(w, jnp.asarray(3.0)), (4,)),
     "array_const": ((4, 5), lambda op: lambda w, x: x @ op(w, _C45()), (4,)),
     "unit_axis_const": ((4, 5), lambda op: lambda w, x: x @ op(w, _C15()), (4,)),
@@ -321,6 +330,11 @@ def test_mul_div_rule(x64, name, prim, setting):
     return g(op), _rand(0, *theta_shape), _rand(1, N1, *x_shape), _rand(2, N2, *x_shape)
 
   p = {"mul": P.mul_p, "div": P.div_p}[prim]
+  if name == "literal":
+    f, w, x1, _ = make()
+    program = program_of(f, w, x1)
+    (use,) = program.uses
+    assert any(is_literal(v) for v in program.jaxpr.eqns[use.site[1]].invars)
   _run_case(Case(make, (p,), (prim,)), setting)
 
 
