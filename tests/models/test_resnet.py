@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import ntk_zoo.models
-from ntk_zoo.models import checkpoints, flax_checkpoints, resnet
+from ntk_zoo.models import flax_checkpoints, resnet
 from ntk_zoo.models.adapters import BoundApply
 from ntk_zoo.models.checkpoints import CheckpointMismatchError
 
