@@ -134,7 +134,10 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
     _check_inputs(x1, x2, opts)
     fk = (lambda p, x: f(p, x, **f_kwargs)) if f_kwargs else f
     out_shapes = _check_outputs(fk, params, x1, x2, opts)
-    return engine(fk, params, x1, x2, opts, out_shapes)
+    kernels = engine(fk, params, x1, x2, opts, out_shapes)
+    # The kernel of each output leaf is in that leaf's dtype (engines may compute a float32
+    # kernel for float32 params under a float64 output).
+    return jax.tree_util.tree_map(lambda k, o: k.astype(o.dtype), kernels, out_shapes)
 
   kernel.implementation = impl  # type: ignore[attr-defined]
   kernel.options = opts  # type: ignore[attr-defined]

@@ -282,8 +282,12 @@ def side(f: Callable, params: PyTree, x: PyTree, store: list) -> SideResult:
     return v.val if C.is_literal(v) else const_env[v]
 
   g = _g(program, const_env)
-  zeros = [jnp.zeros(program.cut_aval(u).shape, program.cut_aval(u).dtype) for u in program.uses]
-  outs, vjp = jax.vjp(g, *zeros)
+  # g is linear: transpose it (no forward pass; also handles `custom_lin` from custom_vjp,
+  # which has a transpose rule but no JVP).
+  avals = [jax.ShapeDtypeStruct(program.cut_aval(u).shape, program.cut_aval(u).dtype)
+           for u in program.uses]
+  outs = jax.eval_shape(g, *avals)
+  transpose = jax.linear_transpose(g, *avals)
   cts = {}
   for m, o in enumerate(outs):
     needed = sorted(program.reach[m])
@@ -291,7 +295,7 @@ def side(f: Callable, params: PyTree, x: PyTree, store: list) -> SideResult:
       continue
 
     def pullback(e, m=m, needed=needed):
-      ct = vjp([e if i == m else jnp.zeros_like(oo) for i, oo in enumerate(outs)])
+      ct = transpose([e if i == m else jnp.zeros(oo.shape, oo.dtype) for i, oo in enumerate(outs)])
       return [ct[u] for u in needed]
 
     per_use = jax.vmap(pullback)(_tree.basis(o.shape, o.dtype))
