@@ -217,10 +217,6 @@ def test_vmap_axes_not_matching_x_structure(inputs):
     k(_X1_TREE, _X2_TREE, PARAMS)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with x2=None, `_check_inputs` returns before `_batch_axes` is called, so vmap_axes "
-    "that do not match x surface as a raw tree_map 'pytree structure error' from "
-    "`_tree.single_example_fn` instead of the documented message."))
 def test_vmap_axes_not_matching_x_structure_x2_none():
   k = kernel(_pytree_x_f, vmap_axes=VmapAxes({"a": 0, "c": 0}, 0))
   with pytest.raises(ValueError, match=r"vmap_axes inputs .* do not match the structure of x"):
@@ -233,9 +229,6 @@ def test_vmap_axis_out_of_range():
     kernel(vmap_axes=3)(X1, X2, PARAMS)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with x2=None the vmap_axes range check is skipped (`_check_inputs` returns early); "
-    "the engine then fails inside dot_general with an unrelated shape error."))
 def test_vmap_axis_out_of_range_x2_none():
   with pytest.raises(ValueError, match=r"vmap_axes input axis 3 is out of range"):
     kernel(vmap_axes=3)(X1, None, PARAMS)
@@ -244,3 +237,19 @@ def test_vmap_axis_out_of_range_x2_none():
 def test_vmap_axes_batched_kwargs_not_supported():
   with pytest.raises(NotImplementedError, match="vmap_axes with batched keyword arguments"):
     kernel(vmap_axes=(0, 0, {"scale": 0}))
+
+
+def test_vmap_output_axes_mismatch_structure():
+  f = lambda p, x: x @ p["w"]
+  p, x = {"w": jnp.ones((3, 2))}, jnp.ones((4, 3))
+  kernel = ntk_fn(f, implementation="jc", vmap_axes=VmapAxes(0, {"a": 0}))
+  with pytest.raises(ValueError, match="vmap_axes outputs .* do not match the structure of f's output"):
+    kernel(x, None, p)
+
+
+def test_vmap_output_axis_out_of_range():
+  f = lambda p, x: x @ p["w"]
+  p, x = {"w": jnp.ones((3, 2))}, jnp.ones((4, 3))
+  kernel = ntk_fn(f, implementation="jc", vmap_axes=VmapAxes(0, 2))
+  with pytest.raises(ValueError, match="vmap_axes output axis 2 is not a valid batch axis"):
+    kernel(x, None, p)

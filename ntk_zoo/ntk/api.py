@@ -195,6 +195,7 @@ def _batch_axes(x: PyTree, opts: NTKOptions) -> list[int | None]:
 
 
 def _check_inputs(x1: PyTree, x2: PyTree | None, opts: NTKOptions) -> None:
+  axes = _batch_axes(x1, opts)  # Validates vmap_axes against x1 even when x2 is None.
   if x2 is None:
     return
   t1, t2 = jax.tree_util.tree_structure(x1), jax.tree_util.tree_structure(x2)
@@ -202,7 +203,6 @@ def _check_inputs(x1: PyTree, x2: PyTree | None, opts: NTKOptions) -> None:
     raise ValueError(
         f"x1 and x2 have different pytree structures:\n  x1: {t1}\n  x2: {t2}\n"
         "Pass two batches of the same kind of input (x2=None computes Θ(x1, x1)).")
-  axes = _batch_axes(x1, opts)
   for a, (kp, l1), l2 in zip(axes, jax.tree_util.tree_flatten_with_path(x1)[0],
                              jax.tree_util.tree_leaves(x2)):
     s1, s2 = list(np.shape(l1)), list(np.shape(l2))
@@ -247,6 +247,8 @@ def _check_outputs(f: Callable, params: PyTree, x1: PyTree, x2: PyTree | None,
           f"trace_axes {opts.trace_axes} and diagonal_axes {opts.diagonal_axes} name the same "
           f"axis of f's output{_path(kp)} of shape {leaf.shape}; an axis is either traced or "
           "diagonal.")
+  if opts.vmap_axes is not None:
+    _check_output_batch_axes(outs[0], opts)
   if len(outs) == 2:
     for (kp, o1), o2 in zip(jax.tree_util.tree_flatten_with_path(outs[0])[0],
                             jax.tree_util.tree_leaves(outs[1])):
@@ -258,3 +260,19 @@ def _check_outputs(f: Callable, params: PyTree, x1: PyTree, x2: PyTree | None,
               f"traced/diagonal axis {a} must have the same size on both. Use equal batch sizes "
               "for diagonal_axes=(0,), or remove the axis from trace/diagonal axes.")
   return outs[0]
+
+
+def _check_output_batch_axes(out: PyTree, opts: NTKOptions) -> None:
+  from ntk_zoo.ntk._tree import broadcast_prefix  # pylint: disable=g-import-not-at-top
+  try:
+    axes = broadcast_prefix(opts.vmap_axes.outputs, out)
+  except ValueError as e:
+    raise ValueError(
+        f"vmap_axes outputs {opts.vmap_axes.outputs!r} do not match the structure of f's output "
+        f"{jax.tree_util.tree_structure(out)}: give one int, or a pytree of ints with the "
+        "output's structure.") from e
+  for a, (kp, leaf) in zip(axes, jax.tree_util.tree_flatten_with_path(out)[0]):
+    if a is None or not -len(leaf.shape) <= a < len(leaf.shape):
+      raise ValueError(
+          f"vmap_axes output axis {a} is not a valid batch axis of f's output{_path(kp)} of "
+          f"shape {leaf.shape}: every output leaf needs its batch axis.")
