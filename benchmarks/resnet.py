@@ -249,6 +249,12 @@ def _ratio(a, b, field) -> float | None:
   return va / vb if va is not None and vb else None
 
 
+def _load(rec: dict | None) -> str:
+  """Mean of the 1-min load average at the cell's start and end."""
+  la = (rec or {}).get("loadavg_1m")
+  return f"{sum(la) / len(la):.1f}" if la else "—"
+
+
 def _row(cells) -> str:
   return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -264,6 +270,21 @@ def markdown(records: list[dict], meta: dict) -> str:
 
   def rec(lib, model, impl, c):
     return get.get((lib, model, impl, c[0], c[1], 1, c[2]))
+
+  # Kernels whose Frobenius norm is off the cell's median by > 1e-3 (relative) are flagged ✗.
+  wrong = {}
+  for c in cells:
+    ks = [r for r in recs if (r["arch"], r["outputs"], r["image_size"]) == c
+          and r.get("status") == "ok" and r.get("kernel_norm")]
+    if len(ks) >= 3:
+      med = sorted(r["kernel_norm"] for r in ks)[len(ks) // 2]
+      for r in ks:
+        if abs(r["kernel_norm"] - med) > 1e-3 * med:
+          wrong[cell_key(r)] = r["kernel_norm"] / med - 1.0
+
+  def ms(r):
+    t = _text(r, "median_s", 1e3, repeats)
+    return t + " ✗" if r is not None and cell_key(r) in wrong else t
 
   m = meta.get("machine", {})
   repeats = meta.get("repeats", 3)
@@ -293,7 +314,9 @@ def markdown(records: list[dict], meta: dict) -> str:
       "`ntk_fn(f, implementation=…, trace_axes=(), vmap_axes=0)` vs. "
       "`nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=1|2|3)`, jitted. "
       "jacrev (the baseline, ours only): `jax.jit(lambda p, a, b: (jax.jacrev(f)(p, a), "
-      "jax.jacrev(f)(p, b)))`, the two Jacobians without contracting them. \"zoo Flax model\": "
+      "jax.jacrev(f)(p, b)))`, the two Jacobians without contracting them; its peer column is "
+      "the same plain-JAX program run in the peer's venv (JAX 0.4.23, no neural-tangents): what "
+      "the JAX/XLA version alone changes. \"zoo Flax model\": "
       "our SD on `ntk_zoo.models.resnet`'s Flax ResNet-18 loaded with the same numbers (same "
       "architecture; logits agree to 1e-7).")
   L.append("")
@@ -306,7 +329,9 @@ def markdown(records: list[dict], meta: dict) -> str:
       "imports and input creation (`run_peak_mb`; the compile-inclusive peak is `peak_mb` in the "
       "JSONL), a CPU proxy that includes the executable and the output. timeout: the cell "
       f"exceeded {meta.get('timeout', 0):.0f} s (imports + compile + runs); OOM: resident memory "
-      f"passed the {meta.get('mem_limit_mb', 0):.0f} MB cap.")
+      f"passed the {meta.get('mem_limit_mb', 0):.0f} MB cap. ✗: the kernel's Frobenius norm is "
+      "off the cell's median over all methods and both libraries by more than 1e-3 (a wrong "
+      "result; its time is still shown).")
   L.append("")
   loads = sorted(l for r in recs for l in (r.get("loadavg_1m") or []))
   if loads:
@@ -320,7 +345,8 @@ def markdown(records: list[dict], meta: dict) -> str:
     L.append("")
 
   head = ["model", "O", "method", "ours ms", "peer ms", "time ours/peer", "compile s ours / peer",
-          "peak MB ours / peer", "mem ours/peer", "facts.md peer ms: released / same-XLA"]
+          "peak MB ours / peer", "mem ours/peer", "load ours / peer",
+          "facts.md peer ms: released / same-XLA"]
   L += [_row(head), _row(["---"] * len(head))]
   summary = []
   for c in cells:
@@ -335,20 +361,21 @@ def markdown(records: list[dict], meta: dict) -> str:
       if impl == AUTO and a and a.get("auto_chosen"):
         name = f"auto → {SHORT[a['auto_chosen']]}"
       if impl == JACREV:
-        name = "jacrev ×2 (baseline)" + ("; peer column: same program on the peer's JAX"
-                                         if b is not None else "")
+        name = "jacrev ×2 (baseline)"
       fr, fs = facts.get("released", {}).get(impl), facts.get("same_xla", {}).get(impl)
       ftxt = "—" if fr is None and fs is None else (
           f"{common.fmt_num(fr) if fr else '—'} / {common.fmt_num(fs) if fs else '—'}")
       L.append(_row([
-          label, o, name, _text(a, "median_s", 1e3, repeats), _text(b, "median_s", 1e3, repeats),
+          label, o, name, ms(a), ms(b),
           common.fmt_num(_ratio(a, b, "median_s"), 2),
           f"{_text(a, 'compile_s')} / {_text(b, 'compile_s')}",
-          f"{_text(a, PEAK)} / {_text(b, PEAK)}", common.fmt_num(_ratio(a, b, PEAK), 2), ftxt]))
+          f"{_text(a, PEAK)} / {_text(b, PEAK)}", common.fmt_num(_ratio(a, b, PEAK), 2),
+          f"{_load(a)} / {_load(b)}", ftxt]))
     z = rec(LIBRARY, "zoo", SD, c)
     if z is not None:
-      L.append(_row([label, o, "SD, zoo Flax model", _text(z, "median_s", 1e3, repeats), "—", "—",
-                     f"{_text(z, 'compile_s')} / —", f"{_text(z, PEAK)} / —", "—", "—"]))
+      L.append(_row([label, o, "SD, zoo Flax model", ms(z), "—", "—",
+                     f"{_text(z, 'compile_s')} / —", f"{_text(z, PEAK)} / —", "—",
+                     f"{_load(z)} / —", "—"]))
 
     # Per-cell summary.
     sd, jr = rec(LIBRARY, "pure", SD, c), rec(LIBRARY, "pure", JACREV, c)
@@ -388,10 +415,17 @@ def markdown(records: list[dict], meta: dict) -> str:
                   f"{common.fmt_num(fs[SD] / fs[JACREV], 2)} = "
                   f"{common.fmt_num(r * fs[JACREV] / fs[SD], 2)} (SD ÷ jacrev, ours here vs the "
                   "same-XLA peer's in facts.md)")
-    norms = [rr["kernel_norm"] for rr in recs if (rr["arch"], rr["outputs"], rr["image_size"]) == c
-             and rr.get("status") == "ok" and rr.get("kernel_norm")]
-    if len(norms) > 1:
-      bits.append(f"‖Θ‖_F agrees across {len(norms)} kernels to {(max(norms) - min(norms)) / max(norms):.1e}")
+    ks = [rr for rr in recs if (rr["arch"], rr["outputs"], rr["image_size"]) == c
+          and rr.get("status") == "ok" and rr.get("kernel_norm")]
+    good = [rr["kernel_norm"] for rr in ks if cell_key(rr) not in wrong]
+    if len(good) > 1:
+      txt = (f"‖Θ‖_F agrees across {len(good)} kernels to {(max(good) - min(good)) / max(good):.1e}")
+      bad = [f"{'ours' if rr['library'] == LIBRARY else 'peer'} {SHORT[rr['implementation']]}"
+             f"{' (zoo model)' if rr['model'] == 'zoo' else ''} "
+             f"({100 * wrong[cell_key(rr)]:+.1f} %)" for rr in ks if cell_key(rr) in wrong]
+      if bad:
+        txt += "; **wrong kernel ✗**: " + ", ".join(bad)
+      bits.append(txt)
     if bits:
       summary.append(f"- **{label} O={o}**: " + "; ".join(bits) + ".")
   L.append("")
