@@ -42,7 +42,8 @@ import jax.numpy as jnp
 
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
-from ntk_zoo.models.resnet import Differentiate, init_variables, linen_model
+# Same conv (kaiming fan_out init, torch-style symmetric padding) and BatchNorm as torchvision.
+from ntk_zoo.models.resnet import Differentiate, _bn, _conv, init_variables, linen_model
 
 PyTree = Any
 Parameterization = Literal["ntk", "standard"]
@@ -269,22 +270,6 @@ class WideResNetNTK(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 # Zagoruyko–Komodakis WRN (pre-activation, BatchNorm).
-
-# kaiming normal, fan_out (the authors' and torch ports' conv init).
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_conv_init,
-                 dtype=dtype, param_dtype=dtype, name=name)
-
-
-def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      param_dtype=dtype, name=name)
-
 
 class PreActBlock(nn.Module):
   """BN-ReLU-Conv3x3(stride)-BN-ReLU-Conv3x3 + (identity | 1x1 conv of the activated input).
