@@ -9,6 +9,8 @@ for the spatial part; grouped/depthwise convolutions repeat the patches per outp
 
 from __future__ import annotations
 
+import itertools
+
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -97,17 +99,38 @@ def _conv(eqn, t: int, view: View) -> Structure | None:
   letters = [batch, *spatial] + ([view.dims[rhs_spec[0]]] if groups > 1 else []) + feat
 
   def value(read):
-    patches = lax.conv_general_dilated_patches(
-        read(lhs_var), window, p["window_strides"], p["padding"], p["lhs_dilation"],
-        p["rhs_dilation"], p["dimension_numbers"], precision=lax.Precision.HIGHEST)
-    # -> (batch, *spatial, features), features ordered (group, in-per-group, *window).
-    patches = jnp.moveaxis(patches, (out_spec[0], *out_spec[2:]), tuple(range(n_sp + 1)))
-    patches = patches.reshape((*patches.shape[:-1], groups, n_in_group, *window))
+    patches = _patches(read(lhs_var), window, y_shape, out_spec, p)  # (N, *sp, C, *window)
+    patches = patches.reshape((*patches.shape[:n_sp + 1], groups, n_in_group, *window))
     if groups == 1:
       return jnp.squeeze(patches, n_sp + 1)
     return jnp.repeat(patches, n_out // groups, axis=n_sp + 1)  # group -> its output channels
 
   return Structure(tuple(y), (Factor(value, tuple(letters)),))
+
+
+def _patches(lhs, window, y_shape, out_spec, p):
+  """Input patches of a convolution, (N, *out_spatial, C, *window), by strided slicing.
+
+  No FLOPs (unlike `lax.conv_general_dilated_patches`, a convolution with a one-hot kernel
+  whose cost grows with (C·K)²): pad (with interior padding for lhs dilation), then one strided
+  slice per kernel offset.
+  """
+  lhs_spec = p["dimension_numbers"][0]
+  x = jnp.moveaxis(lhs, lhs_spec, tuple(range(lhs.ndim)))  # (N, C, *spatial)
+  cfg = [(0, 0, 0), (0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in
+                                  zip(p["padding"], p["lhs_dilation"])]
+  x = lax.pad(x, jnp.zeros((), x.dtype), cfg)
+  out_sp = [y_shape[d] for d in out_spec[2:]]
+  strides, rhs_dil = p["window_strides"], p["rhs_dilation"]
+  slices = []
+  for offs in itertools.product(*(range(k) for k in window)):
+    start = [0, 0] + [o * d for o, d in zip(offs, rhs_dil)]
+    limit = list(x.shape[:2]) + [s0 + (n - 1) * st + 1 for s0, n, st in
+                                 zip(start[2:], out_sp, strides)]
+    slices.append(lax.slice(x, start, limit, (1, 1, *strides)))
+  pt = jnp.stack(slices, axis=-1).reshape((*x.shape[:2], *out_sp, *window))
+  n_sp = len(out_sp)
+  return jnp.moveaxis(pt, 1, n_sp + 1)  # (N, *out_sp, C, *window)
 
 
 defstructure(P.dot_general_p, _dot_general)
