@@ -291,7 +291,8 @@ def markdown(records: list[dict], meta: dict) -> str:
   ours_ok = [r for r in recs if r["library"] == LIBRARY and r.get("status") == "ok"]
   peers_ok = [r for r in recs if r["library"] == PEER and r.get("status") == "ok"]
   jv = sorted({r.get("jax_version") for r in ours_ok if r.get("jax_version")})
-  pv = sorted({f"{r.get('library_version')} on JAX {r.get('jax_version')}" for r in peers_ok})
+  pv = sorted({f"{r.get('library_version')} on JAX {r.get('jax_version')}" for r in peers_ok
+               if r["implementation"] != JACREV})
   cmds = meta.get("commands") or [meta.get("command", "?")]
   L = ["## ResNet-18 / ResNet-50 (full NTK of one pair of images)", ""]
   L.append("Command" + ("s (in order, " if len(cmds) > 1 else " (") + "from the repository root): "
