@@ -97,3 +97,21 @@ def basis(shape: tuple[int, ...], dtype) -> jax.Array:
 
 def zeros_like_tree(tree: PyTree) -> PyTree:
   return jax.tree_util.tree_map(jnp.zeros_like, tree)
+
+
+# XLA on CPU (jax 0.10.2) silently returns zero weight gradients when a convolution's VJP is
+# vmapped over more than 64 cotangents (repro in benchmarks/RESULTS.md, ResNet section). Every
+# engine maps over the output basis in chunks of at most this many rows.
+MAX_VMAP_ROWS = 64
+
+
+def map_rows(fn: Callable, rows: jax.Array) -> Any:
+  """`jax.vmap(fn)(rows)`, computed as a `lax.map` over chunks of ≤ MAX_VMAP_ROWS rows."""
+  n = rows.shape[0]
+  if n <= MAX_VMAP_ROWS:
+    return jax.vmap(fn)(rows)
+  n_chunks = -(-n // MAX_VMAP_ROWS)
+  padded = jnp.concatenate([rows, jnp.zeros((n_chunks * MAX_VMAP_ROWS - n, *rows.shape[1:]),
+                                            rows.dtype)])
+  out = jax.lax.map(jax.vmap(fn), padded.reshape((n_chunks, MAX_VMAP_ROWS, *rows.shape[1:])))
+  return jax.tree_util.tree_map(lambda a: a.reshape((-1, *a.shape[2:]))[:n], out)

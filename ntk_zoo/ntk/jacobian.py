@@ -29,7 +29,7 @@ def jacobians(f: Callable, params: PyTree, x: PyTree) -> list[PyTree]:
       cts = [e if i == m else jnp.zeros_like(l) for i, l in enumerate(out_leaves)]
       return vjp(jax.tree_util.tree_unflatten(out_tree, cts))[0]
 
-    j = jax.vmap(pullback)(_tree.basis(o.shape, o.dtype))
+    j = _tree.map_rows(pullback, _tree.basis(o.shape, o.dtype))
     jacs.append(jax.tree_util.tree_map(lambda a, o=o: a.reshape((*o.shape, *a.shape[1:])), j))
   return jacs
 

@@ -31,7 +31,7 @@ def full_kernel(f: Callable, params: PyTree, x1: PyTree, x2: PyTree, leaf: int) 
     tangent = vjp2(jax.tree_util.tree_unflatten(out2_tree, cts))[0]
     return jax.tree_util.tree_leaves(f1_lin(tangent))[leaf]
 
-  cols = jax.vmap(column)(_tree.basis(o2.shape, o2.dtype))  # (size2, *out_shape1)
+  cols = _tree.map_rows(column, _tree.basis(o2.shape, o2.dtype))  # (size2, *out_shape1)
   cols = cols.reshape((*o2.shape, *cols.shape[1:]))
   n2 = o2.ndim
   return jnp.moveaxis(cols, tuple(range(n2)), tuple(range(cols.ndim - n2, cols.ndim)))

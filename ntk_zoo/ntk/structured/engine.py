@@ -298,7 +298,7 @@ def side(f: Callable, params: PyTree, x: PyTree, store: list) -> SideResult:
       ct = transpose([e if i == m else jnp.zeros(oo.shape, oo.dtype) for i, oo in enumerate(outs)])
       return [ct[u] for u in needed]
 
-    per_use = jax.vmap(pullback)(_tree.basis(o.shape, o.dtype))
+    per_use = _tree.map_rows(pullback, _tree.basis(o.shape, o.dtype))
     for u, c in zip(needed, per_use):
       cts[(m, u)] = c.reshape((*o.shape, *c.shape[1:]))
   factors = {u: [fac.value(read) for fac in use.structure.factors]
