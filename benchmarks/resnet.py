@@ -297,6 +297,9 @@ def markdown(records: list[dict], meta: dict) -> str:
   L = ["## ResNet-18 / ResNet-50 (full NTK of one pair of images)", ""]
   L.append("Command" + ("s (in order, " if len(cmds) > 1 else " (") + "from the repository root): "
            + "; ".join(f"`{c}`" for c in cmds))
+  if meta.get("git"):
+    L.append("")
+    L.append(f"ntk_zoo code of the last command: commit {meta['git']}.")
   L.append("")
   L.append(f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model', '?')}), shared with other "
            f"jobs; {meta.get('platform', 'cpu')}; ntk_zoo on JAX {', '.join(jv) or '?'}"
@@ -445,6 +448,19 @@ def write_markdown(path: str, body: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 
+def _git_state() -> str:
+  """HEAD's short hash, plus a note if ntk_zoo/ has uncommitted changes (what our cells ran)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "ntk_zoo"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return head + (" + uncommitted changes in ntk_zoo/" if dirty else "")
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -500,7 +516,7 @@ def main(argv=None) -> None:
                                    os.path.relpath(os.path.abspath(__file__), REPO), *argv]),
             "machine": common.machine_info(), "platform": jax.devices()[0].platform,
             "repeats": args.repeats, "timeout": args.timeout, "mem_limit_mb": args.mem_limit_mb,
-            "out_rel": os.path.relpath(os.path.abspath(args.out), REPO)}
+            "out_rel": os.path.relpath(os.path.abspath(args.out), REPO), "git": _git_state()}
     if (args.resume or args.append) and old:
       meta["commands"] = old.get("commands", [old.get("command")]) + [meta["command"]]
       meta["notes"] = old.get("notes")
