@@ -105,13 +105,22 @@ def zeros_like_tree(tree: PyTree) -> PyTree:
 MAX_VMAP_ROWS = 64
 
 
-def map_rows(fn: Callable, rows: jax.Array) -> Any:
-  """`jax.vmap(fn)(rows)`, computed as a `lax.map` over chunks of ≤ MAX_VMAP_ROWS rows."""
-  n = rows.shape[0]
-  if n <= MAX_VMAP_ROWS:
+def map_rows(fn: Callable, rows: PyTree, chunk: int = MAX_VMAP_ROWS) -> Any:
+  """`jax.vmap(fn)(rows)`, computed as a `lax.map` over chunks of ≤ `chunk` rows.
+
+  `rows`: an array or a pytree of arrays with the same leading size. `chunk` is capped at
+  MAX_VMAP_ROWS (the XLA bug above).
+  """
+  chunk = max(1, min(chunk, MAX_VMAP_ROWS))
+  leaves = jax.tree_util.tree_leaves(rows)
+  n = leaves[0].shape[0]
+  if n <= chunk:
     return jax.vmap(fn)(rows)
-  n_chunks = -(-n // MAX_VMAP_ROWS)
-  padded = jnp.concatenate([rows, jnp.zeros((n_chunks * MAX_VMAP_ROWS - n, *rows.shape[1:]),
-                                            rows.dtype)])
-  out = jax.lax.map(jax.vmap(fn), padded.reshape((n_chunks, MAX_VMAP_ROWS, *rows.shape[1:])))
+  n_chunks = -(-n // chunk)
+
+  def pad(a):
+    a = jnp.concatenate([a, jnp.zeros((n_chunks * chunk - n, *a.shape[1:]), a.dtype)])
+    return a.reshape((n_chunks, chunk, *a.shape[1:]))
+
+  out = jax.lax.map(jax.vmap(fn), jax.tree_util.tree_map(pad, rows))
   return jax.tree_util.tree_map(lambda a: a.reshape((-1, *a.shape[2:]))[:n], out)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk_zoo.ntk import jacobian, ntk_vp
+from ntk_zoo.ntk import auto, memory
 from ntk_zoo.ntk.options import NTKOptions, VmapAxes, canonicalize_vmap_axes
-
-PyTree = Any
+from ntk_zoo.ntk.problem import Problem
+from ntk_zoo.ntk.typing import Engine, PyTree
 
 
 class Implementation(enum.Enum):
@@ -59,25 +58,21 @@ def canonicalize_implementation(implementation) -> Implementation:
   return _ALIASES[key]
 
 
-def _engine(implementation: Implementation) -> Callable:
-  if implementation is Implementation.JACOBIAN_CONTRACTION:
-    return jacobian.kernel
-  if implementation is Implementation.NTK_VECTOR_PRODUCTS:
-    return ntk_vp.kernel
-  if implementation is Implementation.STRUCTURED_DERIVATIVES:
-    from ntk_zoo.ntk import structured  # pylint: disable=g-import-not-at-top
-    return structured.kernel
-  from ntk_zoo.ntk import auto, structured  # pylint: disable=g-import-not-at-top
-  return auto.make_engine({
-      Implementation.JACOBIAN_CONTRACTION.value: jacobian.kernel,
-      Implementation.NTK_VECTOR_PRODUCTS.value: ntk_vp.kernel,
-      Implementation.STRUCTURED_DERIVATIVES.value: structured.kernel,
-  })
+def _engines() -> dict[str, Engine]:
+  """The concrete engines by implementation name (imported lazily: no import cycles)."""
+  from ntk_zoo.ntk import jacobian, ntk_vp  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.ntk.structured import engine as structured  # pylint: disable=g-import-not-at-top
+  return {
+      Implementation.JACOBIAN_CONTRACTION.value: jacobian.ENGINE,
+      Implementation.NTK_VECTOR_PRODUCTS.value: ntk_vp.ENGINE,
+      Implementation.STRUCTURED_DERIVATIVES.value: structured.STRUCTURED,
+  }
 
 
 def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
            trace_axes: Sequence[int] = (-1,), diagonal_axes: Sequence[int] = (),
-           vmap_axes: int | VmapAxes | tuple | None = None) -> Callable:
+           vmap_axes: int | VmapAxes | tuple | None = None,
+           memory_budget: int | float | str | None = None) -> Callable:
   """Returns a function computing the finite-width empirical NTK of `f`.
 
   Θ(x1, x2) = Σ_l ∂f(θ, x1)/∂θˡ · ∂f(θ, x2)/∂θˡᵀ, summed over every leaf θˡ of `params`.
@@ -97,18 +92,27 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
       per-example (no BatchNorm-in-training mixing across examples), or `VmapAxes(inputs,
       outputs)` with pytrees of axes, or neural-tangents' `(in_axes, out_axes, {})`. Lets
       engines work per example (cheaper) instead of treating the batch as part of the output.
+    memory_budget: peak memory the computation may use, in bytes or as a string ("8GB",
+      "512MiB"). Default: a safe fraction of what the device has free when the kernel is
+      first called (on CPU, 60 % of the available RAM). Engines plan their blocking (of output
+      directions) to stay under it; a budget too small for any plan raises `BudgetError`
+      naming the smallest budget that would work, before anything heavy runs. Blocked kernels
+      equal unblocked ones to float tolerance.
 
   Returns:
-    `kernel(x1, x2=None, params, **f_kwargs)` (with `kernel.decisions`: for "auto", a dict from
-    input signature to the `Decision` taken, with each method's estimated FLOPs and bytes) (x2=None means x2 = x1). It returns a pytree
-    shaped like `f`'s output, one kernel per output leaf. For an output leaf of shape
-    (N, O): trace_axes=(-1,) gives (N1, N2); trace_axes=() gives (N1, N2, O1, O2);
-    trace_axes=(), diagonal_axes=(0,) gives (N, O1, O2). In general, walking the leaf's axes in
-    order, a traced axis disappears, a diagonal axis appears once and any other axis appears as
-    an adjacent pair (x1's, x2's): an output (N, H, O) with trace_axes=(-1,) gives
-    (N1, N2, H1, H2). The kernel is jit-able, differentiable with respect to `params` and the
-    inputs, and computed in the dtype of `f`'s output (float64 when `jax_enable_x64` is on and
-    the inputs/params are float64). `f_kwargs` are passed unchanged to both evaluations of `f`.
+    `kernel(x1, x2=None, params, **f_kwargs)` (x2=None means x2 = x1, computed as a symmetric
+    kernel). It returns a pytree shaped like `f`'s output, one kernel per output leaf. For an
+    output leaf of shape (N, O): trace_axes=(-1,) gives (N1, N2); trace_axes=() gives
+    (N1, N2, O1, O2); trace_axes=(), diagonal_axes=(0,) gives (N, O1, O2). In general, walking
+    the leaf's axes in order, a traced axis disappears, a diagonal axis appears once and any
+    other axis appears as an adjacent pair (x1's, x2's): an output (N, H, O) with
+    trace_axes=(-1,) gives (N1, N2, H1, H2). The kernel is jit-able, differentiable with
+    respect to `params` and the inputs, and computed in the dtype of `f`'s output (float64
+    when `jax_enable_x64` is on and the inputs/params are float64). `f_kwargs` are passed
+    unchanged to both evaluations of `f`.
+    `kernel.decisions` maps each input signature seen to the `Decision` taken: the method (for
+    "auto", the cheapest that fits), its `Plan` (blocking, estimated FLOPs and peak memory)
+    and the estimates of the methods considered.
 
   Example:
     >>> kernel = ntk_fn(apply, trace_axes=(), vmap_axes=0)
@@ -125,25 +129,56 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
         f"trace_axes {opts.trace_axes} and diagonal_axes {opts.diagonal_axes} overlap on "
         f"{sorted(overlap)}: an axis is either traced (reduced) or diagonal (kept once). Remove it "
         "from one of them.")
-  engine = _engine(impl)
+  parsed_budget = memory.parse_budget(memory_budget)
+  engines = _engines()
+  decisions: dict[str, auto.Decision] = {}
+  resolved: list[int] = []
 
   def kernel(x1: PyTree, x2: PyTree | None = None, params: PyTree = None, **f_kwargs) -> PyTree:
     if params is None:
       raise TypeError("kernel(x1, x2, params, **f_kwargs): `params` is required.")
     _check_params(params)
+    if x2 is x1:
+      x2 = None
     _check_inputs(x1, x2, opts)
     fk = (lambda p, x: f(p, x, **f_kwargs)) if f_kwargs else f
     out_shapes = _check_outputs(fk, params, x1, x2, opts)
-    kernels = engine(fk, params, x1, x2, opts, out_shapes)
+    out_shapes2 = out_shapes if x2 is None else jax.eval_shape(fk, params, x2)
+    problem = Problem(fk, params, x1, x2, opts, out_shapes, out_shapes2)
+    if not resolved:
+      resolved.append(parsed_budget or memory.default_budget())
+    budget = resolved[0]
+    key = auto.signature(problem, budget) + _kwargs_signature(f_kwargs)
+    decision = decisions.get(key)
+    if decision is None:
+      if impl is Implementation.AUTO:
+        decision = auto.choose(problem, budget, engines)
+      else:
+        plan = engines[impl.value].plan(problem, budget)
+        decision = auto.Decision(key, impl.value, plan,
+                                 {impl.value: auto.Estimate(plan.flops, plan.bytes_written)},
+                                 {impl.value: plan})
+      decisions[key] = decision
+    kernel.last_decision = decision  # type: ignore[attr-defined]
+    kernels = engines[decision.chosen].kernel(problem, decision.plan)
     # The kernel of each output leaf is in that leaf's dtype (engines may compute a float32
     # kernel for float32 params under a float64 output).
     return jax.tree_util.tree_map(lambda k, o: k.astype(o.dtype), kernels, out_shapes)
 
   kernel.implementation = impl  # type: ignore[attr-defined]
   kernel.options = opts  # type: ignore[attr-defined]
-  # For "auto": {input signature: Decision(chosen, estimates)}, filled as shapes are seen.
-  kernel.decisions = getattr(engine, "decisions", None)  # type: ignore[attr-defined]
+  kernel.memory_budget = parsed_budget  # type: ignore[attr-defined]
+  kernel.decisions = decisions  # type: ignore[attr-defined]
+  kernel.last_decision = None  # type: ignore[attr-defined]
   return kernel
+
+
+def _kwargs_signature(f_kwargs: dict) -> str:
+  if not f_kwargs:
+    return ""
+  return repr(sorted((jax.tree_util.keystr(k),
+                      f"{np.dtype(v.dtype).name}{list(np.shape(v))}" if hasattr(v, "dtype")
+                      else repr(v)) for k, v in jax.tree_util.tree_flatten_with_path(f_kwargs)[0]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,25 +1,30 @@
 """NTK-vector products: Θ·v = J1 (J2ᵀ v), a VJP at x2 followed by a JVP at x1.
 
-Applied to the columns of the identity over x2's outputs (vmapped), this builds the kernel
-without instantiating the Jacobian contraction. Cost (paper Table 2): N²·O·[FP]; best for
-models without weight sharing (FCNs) and N = 1. With `vmap_axes`, work is per pair of examples.
+Applied to the columns of the identity over x2's outputs, this builds the kernel without
+instantiating the Jacobians. Cost (paper Table 2): N²·O·[FP]; best for models without weight
+sharing (FCNs) and N = 1. With `vmap_axes`, work is per pair of examples. Columns are taken in
+chunks (`lax.map` over chunks of a `vmap`); the chunk size is what the memory plan sets: each
+chunk holds one parameter-sized tangent per column.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ntk_zoo.ntk import _tree
-from ntk_zoo.ntk.options import NTKOptions
+from ntk_zoo.ntk.cost import jaxpr_cost
+from ntk_zoo.ntk.memory import BudgetError, Plan, fmt_bytes
+from ntk_zoo.ntk.problem import Problem, per_example
+from ntk_zoo.ntk.typing import PyTree
 
-PyTree = Any
 
-
-def full_kernel(f: Callable, params: PyTree, x1: PyTree, x2: PyTree, leaf: int) -> jax.Array:
+def full_kernel(f: Callable, params: PyTree, x1: PyTree, x2: PyTree, leaf: int,
+                chunk: int = _tree.MAX_VMAP_ROWS) -> jax.Array:
   """Θ for output leaf `leaf` with every axis kept: shape (*out_shape1, *out_shape2)."""
   _, f1_lin = jax.linearize(lambda p: f(p, x1), params)
   out2, vjp2 = jax.vjp(lambda p: f(p, x2), params)
@@ -31,33 +36,80 @@ def full_kernel(f: Callable, params: PyTree, x1: PyTree, x2: PyTree, leaf: int) 
     tangent = vjp2(jax.tree_util.tree_unflatten(out2_tree, cts))[0]
     return jax.tree_util.tree_leaves(f1_lin(tangent))[leaf]
 
-  cols = _tree.map_rows(column, _tree.basis(o2.shape, o2.dtype))  # (size2, *out_shape1)
+  cols = _tree.map_rows(column, _tree.basis(o2.shape, o2.dtype), chunk)  # (size2, *out1)
   cols = cols.reshape((*o2.shape, *cols.shape[1:]))
   n2 = o2.ndim
   return jnp.moveaxis(cols, tuple(range(n2)), tuple(range(cols.ndim - n2, cols.ndim)))
 
 
-def kernel(f: Callable, params: PyTree, x1: PyTree, x2: PyTree | None, opts: NTKOptions,
-           out_shapes: PyTree) -> PyTree:
-  """The NTK by NTK-vector products; see `ntk_zoo.ntk_fn` for the arguments' meaning."""
-  x2 = x1 if x2 is None else x2
-  out_leaves, out_tree = jax.tree_util.tree_flatten(out_shapes)
-  kernels = []
-  if opts.vmap_axes is None:
+class VectorProductEngine:
+  """NTK-vector products with the column chunk sized to the memory budget."""
+
+  name = "ntk_vector_products"
+
+  def plan(self, problem: Problem, budget: int) -> Plan:
+    from ntk_zoo.ntk.structured import engine as sweep_engine  # pylint: disable=g-import-not-at-top
+    from ntk_zoo.ntk.structured import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+    prep = sweep_engine.JACOBIAN.prepare(problem)
+    program, pe = prep.lp.program, prep.pe
+    pairs = pe.n[0] * pe.n[1] if pe.per_example else 1
+    param_bytes = sum(math.prod(np.shape(l)) * np.dtype(l.dtype).itemsize
+                      for l in jax.tree_util.tree_leaves(problem.params))
+    # Per column: the parameter tangent, plus the working set of one backward/forward pass,
+    # measured as the Jacobian sweep's live cotangents for one row.
+    side = sweep_lib.AbstractSide(program, 1, prep.lp.batched)
+    work = 0
+    for m, leaf in enumerate(prep.leaves):
+      probe = sweep_lib.Probe()
+      cts0 = [jax.ShapeDtypeStruct((1, 1, *leaf.shapes[0]), leaf.dtype)]
+      spec = sweep_lib.SweepSpec(m, sweep_engine._letters(leaf),  # pylint: disable=protected-access
+                                 tuple((1,) * len(s) for s in leaf.shapes))
+      sweep_lib.sweep(program, [side], cts0, spec, probe=probe)
+      work = max(work, probe.peak_live)
+    fixed = 2 * pairs * side.const_bytes
+    per_col = pairs * (param_bytes + 2 * work)
+    outs = sum(math.prod(o1.shape) * math.prod(o2.shape) * o1.dtype.itemsize
+               for o1, o2 in problem.out_leaves())
+    fixed += 2 * outs
+    peak1 = fixed + per_col
+    if peak1 > budget:
+      raise BudgetError(
+          f"{self.name}: one output direction at a time needs about {fmt_bytes(peak1)}, over the "
+          f"memory budget of {fmt_bytes(budget)}. Pass memory_budget >= {fmt_bytes(peak1)}, "
+          "fewer examples per call, or another implementation.", int(math.ceil(peak1)))
+    chunk = int(max(1, min(_tree.MAX_VMAP_ROWS, (budget - fixed) // per_col)))
+    # Cost: a VJP and a JVP of the linear program per column and pair.
+    g_cost = jaxpr_cost(program.jaxpr)
+    total = None
+    for _, shape2 in pe.out_shapes:
+      cols = math.prod(shape2)
+      est = g_cost * (2 * cols * pairs)
+      total = est if total is None else total + est
+    return Plan(self.name, tuple((chunk,) for _ in prep.leaves), fixed + chunk * per_col,
+                total.flops, total.bytes, budget)
+
+  def kernel(self, problem: Problem, plan: Plan) -> PyTree:
+    opts, params = problem.opts, problem.params
+    x1, x2 = problem.xs
+    out_leaves, out_tree = jax.tree_util.tree_flatten(problem.out_shapes)
+    kernels = []
+    if opts.vmap_axes is None:
+      for m, o in enumerate(out_leaves):
+        full = full_kernel(problem.f, params, x1, x2, m, plan.blocks[m][0])
+        kernels.append(_tree.apply_roles(full, opts.roles(len(o.shape))))
+      return jax.tree_util.tree_unflatten(out_tree, kernels)
+
+    f1, in_axes, out_axes = _tree.single_example_fn(problem.f, x1, problem.out_shapes, opts)
     for m, o in enumerate(out_leaves):
-      kernels.append(_tree.apply_roles(full_kernel(f, params, x1, x2, m), opts.roles(len(o.shape))))
+      roles = opts.roles(len(o.shape))
+      rest_roles = tuple(r for a, r in enumerate(roles) if a != out_axes[m])
+      chunk = plan.blocks[m][0]
+
+      def pair_kernel(x1i, x2j, m=m, rest_roles=rest_roles, chunk=chunk):
+        return _tree.apply_roles(full_kernel(f1, params, x1i, x2j, m, chunk), rest_roles)
+
+      kernels.append(_tree.over_examples(pair_kernel, x1, x2, in_axes, roles, out_axes[m]))
     return jax.tree_util.tree_unflatten(out_tree, kernels)
 
-  f1, in_axes, out_axes = _tree.single_example_fn(f, x1, out_shapes, opts)
-  for m, o in enumerate(out_leaves):
-    roles = opts.roles(len(o.shape))
-    rest_roles = tuple(r for a, r in enumerate(roles) if a != out_axes[m])
 
-    def pair_kernel(x1i, x2j, m=m, rest_roles=rest_roles):
-      return _tree.apply_roles(full_kernel(f1, params, x1i, x2j, m), rest_roles)
-
-    kernels.append(_tree.over_examples(pair_kernel, x1, x2, in_axes, roles, out_axes[m]))
-  return jax.tree_util.tree_unflatten(out_tree, kernels)
-
-
-
+ENGINE = VectorProductEngine()

@@ -22,7 +22,7 @@ from flax import nnx
 import ntk_zoo
 from ntk_zoo.models.adapters import from_haiku, from_linen, from_nnx
 from ntk_zoo.ntk.structured import UnstructuredPrimitiveWarning
-from ntk_zoo.ntk.structured import engine as structured_engine
+from ntk_zoo.ntk.structured import program as structured_program
 from ntk_zoo.testing import assert_ntk_close, reference_ntk
 
 IMPLEMENTATIONS = ("structured_derivatives", "ntk_vector_products")
@@ -155,7 +155,7 @@ def _check(model, x1, x2, reference, implementation: str) -> None:
 def test_full_ntk_matches_reference(case, monkeypatch):
   model, x1, x2, reference = _case(case)
   # The engine warns once per primitive per process; forget earlier warnings so this case's show.
-  monkeypatch.setattr(structured_engine, "_WARNED", set())
+  monkeypatch.setattr(structured_program, "_WARNED", set())
   failures = []
   for implementation in IMPLEMENTATIONS:
     try:

@@ -33,10 +33,11 @@ import pytest
 from jax import lax
 
 from ntk_zoo import ntk_fn
-from ntk_zoo.ntk.structured import UnstructuredPrimitiveWarning, engine, rules_disabled
+from ntk_zoo.ntk.structured import UnstructuredPrimitiveWarning, rules_disabled
+from ntk_zoo.ntk.structured import program as program_lib
 from ntk_zoo.ntk.structured._compat import is_literal
 from ntk_zoo.ntk.structured._compat import prims as P
-from ntk_zoo.ntk.structured.engine import build_program
+from ntk_zoo.ntk.structured.program import build_program
 from ntk_zoo.ntk.structured.flatten import flatten
 from ntk_zoo.ntk.structured.rules import IDENTITY_PRIMITIVES
 from ntk_zoo.testing import assert_ntk_close, reference_ntk
@@ -65,8 +66,8 @@ def _ints(seed: int, *shape: int, low: int = -3, high: int = 4) -> jax.Array:
   return jnp.asarray(np.random.default_rng(seed).integers(low, high, shape), jnp.float64)
 
 
-def program_of(f: Callable, params: Any, x: Any) -> engine.Program:
-  """The structured program of f at x, built as `engine.side` builds it."""
+def program_of(f: Callable, params: Any, x: Any) -> program_lib.Program:
+  """The structured program of f at x, built as the structured engine builds it."""
   theta, tree = jax.tree_util.tree_flatten(params)
   _, f_lin = jax.linearize(lambda *t: f(jax.tree_util.tree_unflatten(tree, t), x), *theta)
   closed = jax.make_jaxpr(f_lin)(*theta)
@@ -504,7 +505,7 @@ IDENTITY_CASES = {
 def test_identity_primitive(x64, name, setting, monkeypatch):
   make, expected = IDENTITY_CASES[name]
   f, params, x1, x2 = make()
-  monkeypatch.setattr(engine, "_WARNED", set())
+  monkeypatch.setattr(program_lib, "_WARNED", set())
   with warnings.catch_warnings():
     warnings.simplefilter("error", UnstructuredPrimitiveWarning)
     got = uses(f, params, x1)
@@ -538,9 +539,9 @@ def _record_unstructured(fn) -> list[str]:
 
 @pytest.mark.parametrize("name", ["cond", "cumsum"])
 def test_unruled_primitive_warns_once_and_is_exact(x64, name, monkeypatch):
-  monkeypatch.setattr(engine, "_WARNED", set())
+  monkeypatch.setattr(program_lib, "_WARNED", set())
   if name == "cumsum":
-    monkeypatch.setattr(engine, "IDENTITY_PRIMITIVES", IDENTITY_PRIMITIVES - {P.cumsum_p})
+    monkeypatch.setattr(program_lib, "IDENTITY_PRIMITIVES", IDENTITY_PRIMITIVES - {P.cumsum_p})
   f, w, x1, x2 = {"cond": _cond, "cumsum": _cumsum}[name]()
   results = []
 

@@ -1,412 +1,377 @@
-"""Structured derivatives: the NTK as Σ over parameter uses of a 4-factor contraction.
+"""Structured derivatives (and Jacobian contraction) by a memory-planned reverse sweep.
 
-For each input batch:
-1. *Linearize* f in θ and trace the linear map to a jaxpr; *flatten* it (inline calls, unroll
-   scans) so each use of a parameter is a top-level equation (`flatten.py`).
-2. *Analyze*: follow each parameter through view ops (reshape/transpose/broadcast/slice...) to
-   the equations that consume it; a structure rule describes ∂y/∂θ of each such use without
-   instantiating it (`rules*.py`, `structure.py`). Consumers without a rule become identity
-   uses at the parameter view (correct, unstructured; a warning names the primitive once).
-3. *Cut*: the rest of the program g(y¹…yᴷ) is linear in the uses' outputs; the cotangents
-   ∂f/∂yᵏ for every output direction are one vmapped VJP of g (what jacrev does, stopped
-   before the weight cotangents).
-Then for every parameter, every pair of its uses (k₁ at x1, k₂ at x2) contributes
-einsum(∂f₁/∂y₁, factors₁, factors₂, ∂f₂/∂y₂) with θ letters shared between the sides and the
-output letters arranged by trace/diagonal axes; einsum's path optimizer picks the order.
+1. *Trace once*: linearize f in θ at an abstract example, flatten, find every parameter use and
+   its structure (`program.py`). Residuals that depend on the example are computed per example
+   (vmapped), the others once.
+2. *Plan*: run the sweep's control flow on shapes (`sweep.AbstractSide`) to measure the peak of
+   live cotangents and the pair terms' shapes; pick each pair term's route (contraction order)
+   and, if the whole output does not fit the memory budget, the largest block of output
+   directions that does (`plan`).
+3. *Sweep*: for each block (pair), pull the output directions back through the linear program in
+   lockstep for x1 and x2, contracting each use's pair term as soon as both cotangents exist
+   (`sweep.py`). Blocks run in a `lax.scan`, so the program compiles once whatever the count.
 
-Weight sharing is exact: all pairs of uses are summed. Uses of disjoint slices of a stacked
-parameter (scanned layers) contribute nothing to each other and are skipped. If two uses of a
-leaf see it in incompatible coordinates, that leaf falls back to its materialized Jacobian.
+Jacobian contraction is the same sweep with every parameter cut at itself (its Jacobian
+materialized, one leaf at a time): `SweepEngine(materialize=True)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-import warnings
-from collections.abc import Callable
-from typing import Any
+import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ntk_zoo.ntk import _tree
-from ntk_zoo.ntk.options import NTKOptions, Role, kernel_subscripts, trace_size
-from ntk_zoo.ntk.structured import _compat as C
-# The rule modules register their rules on import; importing them here guarantees they are
-# registered whichever module of the package a user imports first.
-from ntk_zoo.ntk.structured import rules_index, rules_linear, rules_views  # noqa: F401  pylint: disable=unused-import
-from ntk_zoo.ntk.structured.flatten import flatten
-from ntk_zoo.ntk.structured.rules import IDENTITY_PRIMITIVES, STRUCTURE_RULES, VIEW_RULES
-from ntk_zoo.ntk.structured.rules_views import base_view
-from ntk_zoo.ntk.structured.structure import (Structure, ThetaLetter, View, identity,
-                                              windows_disjoint)
+from ntk_zoo.ntk import memory
+from ntk_zoo.ntk.cost import Estimate, eqn_cost
+from ntk_zoo.ntk.memory import BudgetError, Plan, fmt_bytes
+from ntk_zoo.ntk.options import Role, kernel_subscripts, result_position, trace_size
+from ntk_zoo.ntk.problem import PerExample, Problem, kernel_shape, per_example
+from ntk_zoo.ntk.structured import pair as pair_lib
+from ntk_zoo.ntk.structured import sweep as sweep_lib
+from ntk_zoo.ntk.structured.program import (LinearProgram, Program, SiteKind,
+                                            UnstructuredPrimitiveWarning, trace_program)
+from ntk_zoo.ntk.typing import PyTree
 
-PyTree = Any
+__all__ = ["SweepEngine", "UnstructuredPrimitiveWarning", "kernel"]
+
 log = logging.getLogger(__name__)
 
-_WARNED: set[str] = set()
+# Pair-term intermediates (e.g. a layer's weight gradients for a block of directions) may take
+# up to this fraction of the budget; beyond it the route with smaller intermediates is taken.
+ROUTE_FRACTION = 0.25
 
-
-class UnstructuredPrimitiveWarning(UserWarning):
-  """A parameter is consumed by a primitive with no structure rule (correct but slower)."""
-
-
-def _warn_once(prim_name: str) -> None:
-  if prim_name in _WARNED:
-    return
-  _WARNED.add(prim_name)
-  warnings.warn(
-      f"Structured derivatives: no structure rule for primitive '{prim_name}' consuming a "
-      "parameter; its Jacobian is materialized instead (correct, but slower and larger). "
-      "Register a rule with ntk_zoo.ntk.structured.rules.defstructure to speed it up.",
-      UnstructuredPrimitiveWarning, stacklevel=4)
-
-
-# ---------------------------------------------------------------------------------------------
-# Analysis: where each parameter is used and how.
 
 @dataclasses.dataclass(frozen=True)
-class Use:
-  """One use of a parameter leaf. `site` says where the program is cut:
-  ("eqn", k): the output of equation k; ("operand", k, i): operand i of equation k;
-  ("output", j): output j; ("invar", leaf): the parameter itself (materialized Jacobian)."""
-  leaf: int
-  view: View
-  structure: Structure
-  site: tuple
+class Leaf:
+  """Output leaf m as the sweep sees it."""
+  roles: tuple[Role, ...]  # Roles of all axes of the output leaf.
+  batch_axis: int | None  # Its batch axis (per-example mode), else None.
+  shapes: tuple[tuple[int, ...], tuple[int, ...]]  # Per-example output shape, x1 and x2.
+  dtype: np.dtype
+  block_axis: int | None  # Per-example axis that may be blocked (equal size on both sides).
+
+  def full_axis(self, a: int) -> int:
+    return a if self.batch_axis is None or a < self.batch_axis else a + 1
+
+  def block_role(self) -> Role | None:
+    return None if self.block_axis is None else self.roles[self.full_axis(self.block_axis)]
 
 
-@dataclasses.dataclass
-class Program:
-  jaxpr: C.Jaxpr
-  consts: list
-  n_consts: int
-  uses: list[Use]
-  const_eqns: list[int]
-  g_eqns: list[int]  # Equations evaluated by g (including cut equations, which read inputs).
-  cut_at: dict  # site -> use index
-  reach: list[frozenset[int]]  # per output: the uses it depends on
-
-  def cut_aval(self, u: Use):
-    kind = u.site[0]
-    if kind == "eqn":
-      v = self.jaxpr.eqns[u.site[1]].outvars[0]
-    elif kind == "operand":
-      v = self.jaxpr.eqns[u.site[1]].invars[u.site[2]]
-    elif kind == "output":
-      v = self.jaxpr.outvars[u.site[1]]
-    else:
-      v = self.jaxpr.invars[self.n_consts + u.leaf]
-    return v.aval
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """The traced programs (x1's and x2's: the same one when per-example) and the leaves."""
+  lp: LinearProgram
+  lp2: LinearProgram
+  pe: PerExample
+  leaves: tuple[Leaf, ...]
 
 
-def analyze(closed: C.ClosedJaxpr, n_consts: int, jacobian_leaves: frozenset[int]) -> Program:
-  jaxpr = closed.jaxpr
-  theta = jaxpr.invars[n_consts:]
-  dep = set(theta)
-  views: dict = {}
-  uses: list[Use] = []
-  cut_at: dict = {}
-  const_eqns, g_eqns = [], []
-
-  def add_use(leaf, view, structure, site):
-    cut_at[site] = len(uses)
-    uses.append(Use(leaf, view, structure, site))
-
-  for leaf, v in enumerate(theta):
-    if leaf in jacobian_leaves:
-      add_use(leaf, base_view(leaf, tuple(v.aval.shape)),
-              identity(base_view(leaf, tuple(v.aval.shape))), ("invar", leaf))
-    else:
-      views[v] = base_view(leaf, tuple(v.aval.shape))
-
-  for k, eqn in enumerate(jaxpr.eqns):
-    tpos = [i for i, v in enumerate(eqn.invars) if not C.is_literal(v) and v in dep]
-    if not tpos:
-      const_eqns.append(k)
-      continue
-    dep.update(eqn.outvars)
-    if len(tpos) == 1 and len(eqn.outvars) == 1 and eqn.invars[tpos[0]] in views:
-      view = views[eqn.invars[tpos[0]]]
-      rule = VIEW_RULES.get(eqn.primitive)
-      new_view = rule(view, eqn) if rule else None
-      if new_view is not None:
-        views[eqn.outvars[0]] = new_view
-        continue
-      rule = STRUCTURE_RULES.get(eqn.primitive)
-      structure = rule(eqn, tpos[0], view) if rule else None
-      if structure is not None:
-        add_use(view.leaf, view, structure, ("eqn", k))
-        g_eqns.append(k)
-        continue
-    for i in tpos:
-      view = views.get(eqn.invars[i])
-      if view is not None:
-        add_use(view.leaf, view, identity(view), ("operand", k, i))
-        if eqn.primitive not in IDENTITY_PRIMITIVES:
-          _warn_once(str(eqn.primitive))
-    g_eqns.append(k)
-
-  for j, v in enumerate(jaxpr.outvars):
-    if not C.is_literal(v) and v in views:
-      view = views[v]
-      add_use(view.leaf, view, identity(view), ("output", j))
-
-  reach = _reach(jaxpr, n_consts, g_eqns, cut_at)
-  return Program(jaxpr, list(closed.consts), n_consts, uses, const_eqns, g_eqns, cut_at, reach)
-
-
-def _reach(jaxpr, n_consts, g_eqns, cut_at) -> list[frozenset[int]]:
-  """For each output, the set of uses whose cut value it depends on."""
-  r: dict = {}
-  for site, u in cut_at.items():
-    if site[0] == "invar":
-      r[jaxpr.invars[n_consts + site[1]]] = frozenset({u})
-  for k in g_eqns:
-    eqn = jaxpr.eqns[k]
-    if ("eqn", k) in cut_at:
-      r[eqn.outvars[0]] = frozenset({cut_at[("eqn", k)]})
-      continue
-    s = frozenset()
-    for i, v in enumerate(eqn.invars):
-      if ("operand", k, i) in cut_at:
-        s |= {cut_at[("operand", k, i)]}
-      elif not C.is_literal(v):
-        s |= r.get(v, frozenset())
-    for v in eqn.outvars:
-      r[v] = s
+def _leaves(problem: Problem, pe: PerExample) -> tuple[Leaf, ...]:
   out = []
-  for j, v in enumerate(jaxpr.outvars):
-    if ("output", j) in cut_at:
-      out.append(frozenset({cut_at[("output", j)]}))
-    else:
-      out.append(frozenset() if C.is_literal(v) else r.get(v, frozenset()))
-  return out
-
-
-def _pair_status(a: Use, b: Use) -> str:
-  """"skip" (no overlap), "ok" (structured contraction), or "jacobian" (incompatible)."""
-  if windows_disjoint(a.view.window, b.view.window):
-    return "skip"
-  if (a.view.window == b.view.window and a.view.theta_letters() == b.view.theta_letters()
-      and (a.structure.pair is None) == (b.structure.pair is None)):
-    return "ok"
-  return "jacobian"
-
-
-def build_program(closed: C.ClosedJaxpr, n_consts: int) -> Program:
-  program = analyze(closed, n_consts, frozenset())
-  by_leaf: dict[int, list[Use]] = {}
-  for u in program.uses:
-    by_leaf.setdefault(u.leaf, []).append(u)
-  fallback = frozenset(
-      leaf for leaf, us in by_leaf.items()
-      if any(_pair_status(a, b) == "jacobian" for a, b in itertools.product(us, us)))
-  if fallback:
-    log.info("Structured derivatives: leaves %s use incompatible views; materializing their "
-             "Jacobians.", sorted(fallback))
-    program = analyze(closed, n_consts, fallback)
-  return program
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation: constants, cut program g, cotangents, factors.
-
-def _bind(eqn, invals):
-  outs = eqn.primitive.bind(*invals, **eqn.params)
-  return outs if eqn.primitive.multiple_results else [outs]
-
-
-def _constants(program: Program, const_args: list) -> dict:
-  env = dict(zip(program.jaxpr.constvars, program.consts))
-  env.update(zip(program.jaxpr.invars[:program.n_consts], const_args))
-  for k in program.const_eqns:
-    eqn = program.jaxpr.eqns[k]
-    outs = _bind(eqn, [v.val if C.is_literal(v) else env[v] for v in eqn.invars])
-    env.update(zip(eqn.outvars, outs))
-  return env
-
-
-def _g(program: Program, const_env: dict) -> Callable:
-  jaxpr, cut_at = program.jaxpr, program.cut_at
-
-  def g(*cut_values):
-    env = {}
-
-    def read(v):
-      if C.is_literal(v):
-        return v.val
-      return env[v] if v in env else const_env[v]
-
-    for site, u in cut_at.items():
-      if site[0] == "invar":
-        env[jaxpr.invars[program.n_consts + site[1]]] = cut_values[u]
-    for k in program.g_eqns:
-      eqn = jaxpr.eqns[k]
-      if ("eqn", k) in cut_at:
-        env[eqn.outvars[0]] = cut_values[cut_at[("eqn", k)]]
-        continue
-      invals = [cut_values[cut_at[("operand", k, i)]] if ("operand", k, i) in cut_at else read(v)
-                for i, v in enumerate(eqn.invars)]
-      env.update(zip(eqn.outvars, _bind(eqn, invals)))
-    outs = []
-    for j, v in enumerate(jaxpr.outvars):
-      outs.append(cut_values[cut_at[("output", j)]] if ("output", j) in cut_at else read(v))
-    return outs
-
-  return g
-
-
-@dataclasses.dataclass
-class SideResult:
-  """Arrays for one input batch: cotangents per (output, use), factors and pair keys per use."""
-  cts: dict
-  factors: dict
-  keys: dict
-
-
-def side(f: Callable, params: PyTree, x: PyTree, store: list) -> SideResult:
-  """Everything the contraction needs from one batch (or one example, under vmap)."""
-  theta, theta_tree = jax.tree_util.tree_flatten(params)
-  _, f_lin = jax.linearize(lambda *t: f(jax.tree_util.tree_unflatten(theta_tree, t), x), *theta)
-  closed = jax.make_jaxpr(f_lin)(*theta)
-  n_consts = len(closed.consts)
-  flat = flatten(closed)
-  program = build_program(flat, n_consts)
-  store.append(program)
-  const_env = _constants(program, list(closed.consts))
-
-  def read(v):
-    return v.val if C.is_literal(v) else const_env[v]
-
-  g = _g(program, const_env)
-  # g is linear: transpose it (no forward pass; also handles `custom_lin` from custom_vjp,
-  # which has a transpose rule but no JVP).
-  avals = [jax.ShapeDtypeStruct(program.cut_aval(u).shape, program.cut_aval(u).dtype)
-           for u in program.uses]
-  outs = jax.eval_shape(g, *avals)
-  transpose = jax.linear_transpose(g, *avals)
-  cts = {}
-  for m, o in enumerate(outs):
-    needed = sorted(program.reach[m])
-    if not needed:
-      continue
-
-    def pullback(e, m=m, needed=needed):
-      ct = transpose([e if i == m else jnp.zeros(oo.shape, oo.dtype) for i, oo in enumerate(outs)])
-      return [ct[u] for u in needed]
-
-    per_use = _tree.map_rows(pullback, _tree.basis(o.shape, o.dtype))
-    for u, c in zip(needed, per_use):
-      cts[(m, u)] = c.reshape((*o.shape, *c.shape[1:]))
-  factors = {u: [fac.value(read) for fac in use.structure.factors]
-             for u, use in enumerate(program.uses)}
-  keys = {u: use.structure.pair.key(read) for u, use in enumerate(program.uses)
-          if use.structure.pair is not None}
-  return SideResult(cts, factors, keys)
-
-
-# ---------------------------------------------------------------------------------------------
-# Contraction.
-
-class _Namer:
-  """Integer einsum subscripts: θ letters shared across sides, local letters per side."""
-
-  def __init__(self):
-    self._ids: dict = {}
-
-  def __call__(self, letter, side: int) -> int:
-    key = letter if isinstance(letter, ThetaLetter) else (side, letter)
-    return self._ids.setdefault(key, len(self._ids))
-
-  def fresh(self) -> int:
-    return self._ids.setdefault(object(), len(self._ids))
-
-
-def _pair_term(res1: SideResult, res2: SideResult, p1: Program, p2: Program, m: int, a: int,
-               b: int, roles, batch_axis: int | None):
-  """einsum(ct₁, factors₁, [pair], factors₂, ct₂) for use a at x1 and use b at x2."""
-  names = _Namer()
-  ndim = len(roles)
-  out1 = [names.fresh() for _ in range(ndim)]
-  out2 = [names.fresh() for _ in range(ndim)]
-  s1, s2, out = kernel_subscripts(roles, out1, out2)
-  if batch_axis is not None:  # Per-example: batch letters lead every side array.
-    bat1, bat2 = [s1[batch_axis]], [s2[batch_axis]]
-    s1 = [l for i, l in enumerate(s1) if i != batch_axis]
-    s2 = [l for i, l in enumerate(s2) if i != batch_axis]
-  else:
-    bat1 = bat2 = []
-  ua, ub = p1.uses[a], p2.uses[b]
-  operands = [res1.cts[(m, a)], bat1 + s1 + [names(l, 1) for l in ua.structure.y_letters]]
-  for fac, val in zip(ua.structure.factors, res1.factors[a]):
-    operands += [val, bat1 + [names(l, 1) for l in fac.letters]]
-  if ua.structure.pair is not None:
-    k1, k2 = res1.keys[a], res2.keys[b]
-    e = ua.structure.pair.combine(k1.reshape(k1.shape + (1,) * k2.ndim),
-                                  k2.reshape((1,) * k1.ndim + k2.shape))
-    operands += [e.astype(res1.cts[(m, a)].dtype),
-                 bat1 + [names(l, 1) for l in ua.structure.pair.letters]
-                 + bat2 + [names(l, 2) for l in ub.structure.pair.letters]]
-  for fac, val in zip(ub.structure.factors, res2.factors[b]):
-    operands += [val, bat2 + [names(l, 2) for l in fac.letters]]
-  operands += [res2.cts[(m, b)], bat2 + s2 + [names(l, 2) for l in ub.structure.y_letters]]
-  n_ops = len(operands) // 2
-  return jnp.einsum(*operands, out, optimize="optimal" if n_ops <= 6 else "greedy",
-                    precision=_tree.HIGHEST)
-
-
-def _contract(res1, res2, p1, p2, out_leaves, out_leaves2, opts, batch_axes):
-  kernels = []
-  for m, (o, o2) in enumerate(zip(out_leaves, out_leaves2)):
-    roles = opts.roles(len(o.shape))
-    total = None
-    for a, b in itertools.product(sorted(p1.reach[m]), sorted(p2.reach[m])):
-      ua, ub = p1.uses[a], p2.uses[b]
-      if ua.leaf != ub.leaf or _pair_status(ua, ub) != "ok":
-        continue
-      term = _pair_term(res1, res2, p1, p2, m, a, b, roles, batch_axes[m])
-      total = term if total is None else total + term
-    if total is None:
-      total = jnp.zeros(_kernel_shape(o.shape, o2.shape, roles), o.dtype)
-    size = trace_size(roles, o.shape)
-    kernels.append(total / size if size > 1 else total)
-  return kernels
-
-
-def _kernel_shape(shape1, shape2, roles) -> tuple[int, ...]:
-  out = []
-  for n1, n2, r in zip(shape1, shape2, roles):
-    out += {Role.TRACE: [], Role.DIAG: [n1], Role.PAIR: [n1, n2]}[r]
+  for m, (o1, _) in enumerate(problem.out_leaves()):
+    roles = problem.opts.roles(len(o1.shape))
+    s1, s2 = pe.out_shapes[m]
+    cands = [a for a in range(len(s1)) if s1[a] == s2[a] and s1[a] > 1]
+    axis = max(cands, key=lambda a: (s1[a], -a)) if cands else None
+    out.append(Leaf(roles, pe.batch_axes[m], (s1, s2), np.dtype(o1.dtype), axis))
   return tuple(out)
 
 
-def kernel(f: Callable, params: PyTree, x1: PyTree, x2: PyTree | None, opts: NTKOptions,
-           out_shapes: PyTree) -> PyTree:
+def _letters(leaf: Leaf) -> pair_lib.KernelLetters:
+  n = len(leaf.roles)
+  s1, s2, out = kernel_subscripts(leaf.roles, list(range(n)), list(range(n, 2 * n)))
+  if leaf.batch_axis is None:  # Not per-example: a size-1 example axis, summed away.
+    return pair_lib.KernelLetters((2 * n, 2 * n + 1), (tuple(s1), tuple(s2)), tuple(out),
+                                  2 * n + 2)
+  ba = leaf.batch_axis
+  rows1 = tuple(l for i, l in enumerate(s1) if i != ba)
+  rows2 = tuple(l for i, l in enumerate(s2) if i != ba)
+  return pair_lib.KernelLetters((s1[ba], s2[ba]), (rows1, rows2), tuple(out), 2 * n)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Blocks:
+  """Blocking of one leaf: `n` blocks of `size` rows along per-example axis `axis`."""
+  axis: int | None
+  size: int
+  n: int
+
+  def row_shapes(self, leaf: Leaf) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if self.axis is None:
+      return leaf.shapes
+    return tuple(tuple(self.size if d == self.axis else n for d, n in enumerate(s))
+                 for s in leaf.shapes)
+
+  def pairs(self, leaf: Leaf, symmetric: bool) -> list[tuple[int, int]]:
+    if self.n == 1:
+      return [(0, 0)]
+    if leaf.block_role() is Role.PAIR:
+      return [(i, j) for i in range(self.n) for j in range(self.n) if not symmetric or i <= j]
+    return [(i, i) for i in range(self.n)]
+
+
+def _single_side(leaf: Leaf, blocks: _Blocks, symmetric: bool) -> bool:
+  """Whether one sweep serves both sides (same input, same rows)."""
+  return symmetric and (blocks.n == 1 or leaf.block_role() is not Role.PAIR)
+
+
+def _basis(shape: tuple[int, ...], rows: tuple[int, ...], axis: int | None, offset, dtype,
+           n: int) -> jax.Array:
+  """(n, R, *shape): the standard basis vectors e_r for the rows of one block, per example."""
+  e = None
+  for d, (size, r) in enumerate(zip(shape, rows)):
+    off = offset if d == axis else 0
+    eye = (jnp.arange(r)[:, None] + off == jnp.arange(size)[None, :]).astype(dtype)
+    shp = [1] * (2 * len(shape))
+    shp[d], shp[len(shape) + d] = r, size
+    eye = eye.reshape(shp)
+    e = eye if e is None else e * eye
+  if e is None:
+    e = jnp.ones((), dtype)
+  e = e.reshape((math.prod(rows), *shape))
+  return jnp.broadcast_to(e, (n, *e.shape))
+
+
+class SweepEngine:
+  """Structured derivatives (or, with `materialize`, Jacobian contraction) under a budget."""
+
+  def __init__(self, name: str, materialize: bool = False):
+    self.name = name
+    self.materialize = materialize
+    self._programs: dict = {}
+
+  # -- preparation ------------------------------------------------------------------------
+
+  def prepare(self, problem: Problem) -> Prepared:
+    pe = per_example(problem)
+    examples = pe.examples(problem)
+    lps = [self._program(problem, pe, ex) for ex in examples]
+    if _signature(examples[0]) == _signature(examples[1]):
+      lps[1] = lps[0]
+    else:
+      _check_same_structure(lps[0].program, lps[1].program)
+    return Prepared(lps[0], lps[1], pe, _leaves(problem, pe))
+
+  def _program(self, problem: Problem, pe: PerExample, example) -> LinearProgram:
+    key = (problem.f, _signature((problem.params, example)), problem.opts)
+    try:
+      lp = self._programs.get(key)
+    except TypeError:  # Unhashable f: no caching.
+      key, lp = None, None
+    if lp is None:
+      lp = trace_program(pe.f1, problem.params, example, materialize=self.materialize)
+      if key is not None:
+        if len(self._programs) > 16:
+          self._programs.clear()
+        self._programs[key] = lp
+    return lp
+
+  # -- planning ---------------------------------------------------------------------------
+
+  def _estimate(self, prep: Prepared, problem: Problem, m: int, blocks: _Blocks,
+                route_limit: int) -> tuple[float, Estimate]:
+    """(peak bytes, FLOPs/bytes) of leaf m's kernel with this blocking."""
+    program = prep.lp.program
+    leaf = prep.leaves[m]
+    single = _single_side(leaf, blocks, problem.symmetric)
+    n_sides = 1 if single else 2
+    rows = blocks.row_shapes(leaf)
+    lps = (prep.lp, prep.lp2)
+    sides = [sweep_lib.AbstractSide(lps[s].program, prep.pe.n[s], lps[s].batched)
+             for s in range(1 if problem.symmetric else 2)]
+    sweep_sides = sides[:1] if single else (sides if len(sides) == 2 else sides * 2)
+    cts0 = [jax.ShapeDtypeStruct((prep.pe.n[s], math.prod(rows[s]), *leaf.shapes[s]),
+                                 leaf.dtype) for s in range(n_sides)]
+    spec = sweep_lib.SweepSpec(m, _letters(leaf), rows, route_limit)
+    probe = sweep_lib.Probe()
+    sweep_lib.sweep(program, sweep_sides, cts0, spec, probe=probe)
+    itemsize = leaf.dtype.itemsize
+    per_sweep = probe.cost
+    peak = probe.peak_live
+    for live, _, e in probe.pairs:
+      r = pair_lib.route(e, route_limit)
+      factor_bytes = sum(math.prod(s) for s in e.shapes()[1:-1]) * itemsize
+      peak = max(peak, live + factor_bytes + 2 * r.largest * itemsize)
+      per_sweep = per_sweep + Estimate(r.flops, r.largest * itemsize)
+    n_sweeps = len(blocks.pairs(leaf, problem.symmetric))
+    consts = sides[0].const_bytes + (0 if problem.symmetric else sides[1].const_bytes)
+    s1, s2 = (leaf.shapes[0], leaf.shapes[1])
+    full = (prep.pe.n[0] * prep.pe.n[1] * math.prod(s1) * math.prod(s2)) * itemsize
+    return consts + peak + 3 * full, per_sweep * n_sweeps
+
+  def plan(self, problem: Problem, budget: int, prep: Prepared | None = None) -> Plan:
+    prep = prep or self.prepare(problem)
+    route_limit = max(1, int(ROUTE_FRACTION * budget) // 4)
+    blocks_all, total, peak_all, notes = [], Estimate(0.0, 0.0), 0.0, []
+    for m, leaf in enumerate(prep.leaves):
+      blocks, peak, est = self._plan_leaf(prep, problem, m, leaf, budget, route_limit)
+      blocks_all.append((-1 if blocks.axis is None else blocks.axis, blocks.size, blocks.n))
+      total = total + est
+      peak_all = max(peak_all, peak)
+      if blocks.n > 1:
+        notes.append(f"output {m}: {blocks.n} blocks of {blocks.size} directions")
+    return Plan(self.name, tuple(blocks_all), peak_all, total.flops, total.bytes, budget,
+                "; ".join(notes))
+
+  def _plan_leaf(self, prep, problem, m, leaf: Leaf, budget: int, route_limit: int):
+    size = leaf.shapes[0][leaf.block_axis] if leaf.block_axis is not None else 1
+    whole = _Blocks(leaf.block_axis, size, 1)
+    peak, est = self._estimate(prep, problem, m, whole, route_limit)
+    if peak <= budget:
+      return whole, peak, est
+    smallest = _Blocks(leaf.block_axis, 1, size)
+    peak1, _ = self._estimate(prep, problem, m, smallest, route_limit)
+    if peak1 > budget or size == 1:
+      raise BudgetError(
+          f"{self.name}: no blocking of output {m} fits the memory budget of "
+          f"{fmt_bytes(budget)}: one output direction at a time still needs about "
+          f"{fmt_bytes(peak1)} (the whole output: {fmt_bytes(peak)}). Pass "
+          f"memory_budget >= {fmt_bytes(peak1)}, fewer examples per call, or another "
+          "implementation.", int(math.ceil(peak1)))
+    # Peak is ~affine in the block size: interpolate, then shrink until it fits.
+    per_row = max((peak - peak1) / max(size - 1, 1), 1.0)
+    b = max(1, min(size - 1, int((budget - peak1) / per_row) + 1))
+    while True:
+      n = -(-size // b)
+      blocks = _Blocks(leaf.block_axis, -(-size // n), n)
+      p, e = self._estimate(prep, problem, m, blocks, route_limit)
+      if p <= budget or blocks.size == 1:
+        return blocks, p, e
+      b = max(1, int(blocks.size * 0.85))
+
+  # -- computing --------------------------------------------------------------------------
+
+  def kernel(self, problem: Problem, plan: Plan, prep: Prepared | None = None) -> PyTree:
+    prep = prep or self.prepare(problem)
+    xb1, xb2 = prep.pe.batched_inputs(problem)
+    consts1 = prep.lp.constants(problem.params, xb1, prep.pe.in_axes)
+    side1 = sweep_lib.Side(prep.lp.program, consts1, prep.lp.batched)
+    if problem.symmetric:
+      side2 = side1
+    else:
+      consts2 = prep.lp2.constants(problem.params, xb2, prep.pe.in_axes)
+      side2 = sweep_lib.Side(prep.lp2.program, consts2, prep.lp2.batched)
+    route_limit = max(1, int(ROUTE_FRACTION * plan.budget) // 4)
+    out_leaves, out_tree = jax.tree_util.tree_flatten(problem.out_shapes)
+    kernels = []
+    for m, leaf in enumerate(prep.leaves):
+      axis, size, n = plan.blocks[m]
+      blocks = _Blocks(None if axis < 0 else axis, size, n)
+      k = self._leaf_kernel(prep, problem, m, leaf, blocks, (side1, side2), route_limit)
+      if k is None:
+        k = jnp.zeros(self._full_shape(prep, problem, m), leaf.dtype)
+      tsize = trace_size(leaf.roles, out_leaves[m].shape)
+      kernels.append(k / tsize if tsize > 1 else k)
+    return jax.tree_util.tree_unflatten(out_tree, kernels)
+
+  def _full_shape(self, prep, problem, m) -> tuple[int, ...]:
+    o1, o2 = problem.out_leaves()[m]
+    return kernel_shape(o1.shape, o2.shape, prep.leaves[m].roles)
+
+  def _leaf_kernel(self, prep: Prepared, problem: Problem, m: int, leaf: Leaf, blocks: _Blocks,
+                   sides: Sequence[sweep_lib.Side], route_limit: int) -> jax.Array | None:
+    program = prep.lp.program
+    if not program.reach[m]:
+      return None
+    single = _single_side(leaf, blocks, problem.symmetric)
+    rows = blocks.row_shapes(leaf)
+    spec = sweep_lib.SweepSpec(m, _letters(leaf), rows, route_limit)
+    n_ex = prep.pe.n
+
+    def block(i, j):
+      cts0 = [_basis(leaf.shapes[s], rows[s], blocks.axis, off * blocks.size, leaf.dtype,
+                     n_ex[s]) for s, off in ((0, i), (1, j))]
+      if single:
+        return sweep_lib.sweep(program, [sides[0]], cts0[:1], spec)
+      return sweep_lib.sweep(program, list(sides), cts0, spec)
+
+    if blocks.n == 1:
+      return block(0, 0)
+    return _assemble(block, blocks, leaf, problem.symmetric, self._full_shape(prep, problem, m))
+
+
+def _assemble(block, blocks: _Blocks, leaf: Leaf, symmetric: bool, full_shape) -> jax.Array:
+  """Runs `block(i, j)` for every block pair in a `lax.scan` and places the results."""
+  role = leaf.block_role()
+  pos = result_position(leaf.roles, leaf.full_axis(blocks.axis))
+  padded = list(full_shape)
+  size = blocks.n * blocks.size
+  if role is Role.PAIR:
+    padded[pos] = padded[pos + 1] = size
+  elif role is Role.DIAG:
+    padded[pos] = size
+  pairs = np.asarray(blocks.pairs(leaf, symmetric), np.int32)
+  init = jnp.zeros(padded, leaf.dtype)
+
+  def step(acc, ij):
+    i, j = ij[0], ij[1]
+    k = block(i, j)
+    zero = jnp.zeros((), jnp.int32)
+    if role is Role.TRACE:
+      return acc + k, None
+    starts = [zero] * len(padded)
+    if role is Role.DIAG:
+      starts[pos] = i * blocks.size
+      return jax.lax.dynamic_update_slice(acc, k, starts), None
+    starts[pos], starts[pos + 1] = i * blocks.size, j * blocks.size
+    acc = jax.lax.dynamic_update_slice(acc, k, starts)
+    if symmetric:  # Θ(x, x)[j-block, i-block] = Θ[i-block, j-block] with sides swapped.
+      starts[pos], starts[pos + 1] = j * blocks.size, i * blocks.size
+      acc = jax.lax.dynamic_update_slice(acc, _swap_sides(k, leaf.roles), starts)
+    return acc, None
+
+  acc, _ = jax.lax.scan(step, init, pairs)
+  if role is Role.TRACE:
+    return acc
+  index = [slice(None)] * len(padded)
+  index[pos] = slice(0, full_shape[pos])
+  if role is Role.PAIR:
+    index[pos + 1] = slice(0, full_shape[pos + 1])
+  return acc[tuple(index)]
+
+
+def _swap_sides(k: jax.Array, roles: Sequence[Role]) -> jax.Array:
+  """The kernel with x1's and x2's axes exchanged (each PAIR axis pair swapped)."""
+  perm, p = [], 0
+  for r in roles:
+    if r is Role.PAIR:
+      perm += [p + 1, p]
+    elif r is Role.DIAG:
+      perm.append(p)
+    p += r.width
+  return jnp.transpose(k, perm)
+
+
+def _check_same_structure(p1: Program, p2: Program) -> None:
+  if ([(u.leaf, u.site) for u in p1.uses] != [(u.leaf, u.site) for u in p2.uses]
+      or p1.g_eqns != p2.g_eqns):
+    raise ValueError(
+        "Structured derivatives: f traced to differently structured programs on x1 and x2 "
+        "(its operations depend on the batch size). Pass vmap_axes so that f is traced per "
+        "example, or use implementation='ntk_vector_products'.")
+
+
+def _signature(tree) -> tuple:
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  return (treedef, tuple((tuple(np.shape(l)), np.dtype(l.dtype).name) for l in leaves))
+
+
+STRUCTURED = SweepEngine("structured_derivatives")
+JACOBIAN = SweepEngine("jacobian_contraction", materialize=True)
+
+
+def kernel(f, params, x1, x2, opts, out_shapes, budget: int | str | None = None) -> PyTree:
   """The NTK by structured derivatives; see `ntk_zoo.ntk_fn` for the arguments' meaning."""
-  out_leaves, out_tree = jax.tree_util.tree_flatten(out_shapes)
-  store1: list[Program] = []
-  store2: list[Program] = []
-  if opts.vmap_axes is None:
-    res1 = side(f, params, x1, store1)
-    res2 = res1 if x2 is None else side(f, params, x2, store2)
-    batch_axes = [None] * len(out_leaves)
-  else:
-    f1, in_axes, batch_axes = _tree.single_example_fn(f, x1, out_shapes, opts)
-    ax = _tree.vmap_in_axes(x1, in_axes)
-    res1 = jax.vmap(lambda xi: side(f1, params, xi, store1), in_axes=(ax,))(x1)
-    res2 = res1 if x2 is None else jax.vmap(lambda xi: side(f1, params, xi, store2),
-                                            in_axes=(ax,))(x2)
-  p1 = store1[0]
-  p2 = store2[0] if store2 else p1
-  if len(p1.uses) != len(p2.uses):
-    raise AssertionError("Structured derivatives: x1 and x2 traced to different programs.")
-  out_leaves2 = out_leaves if x2 is None else jax.tree_util.tree_leaves(
-      jax.eval_shape(f, params, x2))
-  kernels = _contract(res1, res2, p1, p2, out_leaves, out_leaves2, opts, batch_axes)
-  return jax.tree_util.tree_unflatten(out_tree, kernels)
+  problem = Problem(f, params, x1, x2, opts, out_shapes,
+                    out_shapes if x2 is None else jax.eval_shape(f, params, x2))
+  prep = STRUCTURED.prepare(problem)
+  plan = STRUCTURED.plan(problem, memory.resolve(budget), prep)
+  return STRUCTURED.kernel(problem, plan, prep)
 
 
-jax.tree_util.register_dataclass(SideResult, data_fields=["cts", "factors", "keys"], meta_fields=[])
+__all__ += ["Program", "SiteKind"]

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ntk_zoo.ntk.structured import _compat as C
+from ntk_zoo.ntk import _compat as C
 
 
 def eval_inlined(jaxpr: C.Jaxpr, consts: Sequence, args: Sequence) -> list:

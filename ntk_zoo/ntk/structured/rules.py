@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from ntk_zoo.ntk.structured import _compat as C
+from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.structured.structure import Structure, View
 
 ViewRule = Callable[[View, C.JaxprEqn], View | None]

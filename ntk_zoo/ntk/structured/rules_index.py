@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ntk_zoo.ntk.structured import _compat as C
+from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.structured.rules import defstructure
 from ntk_zoo.ntk.structured.structure import LocalLetter, PairFactor, Structure, ThetaLetter, View
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ntk_zoo.ntk.structured import _compat as C
+from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.structured.rules import defidentity, defstructure
 from ntk_zoo.ntk.structured.structure import Factor, LocalLetter, Structure, View
 

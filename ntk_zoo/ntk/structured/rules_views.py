@@ -8,7 +8,7 @@ stacked layers).
 
 from __future__ import annotations
 
-from ntk_zoo.ntk.structured import _compat as C
+from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.structured.rules import defview
 from ntk_zoo.ntk.structured.structure import LocalLetter, ThetaLetter, View
 

@@ -1,0 +1,154 @@
+"""Pair terms: Σ_θ ∂f₁/∂y₁ · ∂y₁/∂θ · ∂y₂/∂θᵀ · ∂f₂/∂y₂ᵀ for one pair of uses, as one einsum.
+
+The operands are the cotangents of the two uses (batch, rows, y letters), each side's constant
+factors (e.g. convolution patches), and a pair factor when the structure couples the sides
+(index equality for embeddings). θ letters are shared between the sides; the row letters are
+arranged by the trace/diagonal roles (`KernelLetters`).
+
+The contraction order is the *route*: for a convolution, cotangent·patches first is the
+weight-gradient route (O·[weight grad] + O²·P), patches₁·patches₂ first the patch-Gram route
+((HW)²·K + O·(HW)²·C + O²·HW·C). The path is chosen per use by FLOPs under a cap on the
+largest intermediate (opt_einsum), so wide-spatial early layers and narrow late layers each
+take their cheaper route without a blow-up in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import opt_einsum
+
+from ntk_zoo.ntk import _tree
+from ntk_zoo.ntk.structured.structure import ThetaLetter
+
+Array = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelLetters:
+  """Einsum letters (ints) of one output leaf's kernel block.
+
+  Attributes:
+    bat: batch letter of each side (equal when the batch axis is traced or diagonal).
+    rows: letters of each side's row axes (the per-example output axes).
+    out: the kernel's letters, in the documented output order.
+  """
+  bat: tuple[int, int]
+  rows: tuple[tuple[int, ...], tuple[int, ...]]
+  out: tuple[int, ...]
+  first_free: int  # Letters >= this are free for the uses' own axes.
+
+
+@dataclasses.dataclass(frozen=True)
+class SideValues:
+  """One side's arrays for one use: its cotangent and constant factors, batch-flagged."""
+  ct: Array  # (B, *rows, *y)
+  factors: tuple[tuple[Array, bool], ...]  # (value, batched)
+  key: tuple[Array, bool] | None  # pair-factor key
+
+
+class _Namer:
+  """θ letters shared across sides, local letters per side."""
+
+  def __init__(self, first: int):
+    self._ids: dict = {}
+    self._next = first
+
+  def __call__(self, letter, side: int) -> int:
+    key = letter if isinstance(letter, ThetaLetter) else (side, letter)
+    if key not in self._ids:
+      self._ids[key] = self._next
+      self._next += 1
+    return self._ids[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Einsum:
+  operands: tuple[Array, ...]
+  subscripts: tuple[tuple[int, ...], ...]
+  out: tuple[int, ...]
+
+  def shapes(self) -> list[tuple[int, ...]]:
+    return [tuple(np.shape(o)) for o in self.operands]
+
+
+def build(ua, ub, v1: SideValues, v2: SideValues, letters: KernelLetters) -> Einsum:
+  """The einsum of the pair term of use `ua` at x1 and use `ub` at x2."""
+  names = _Namer(letters.first_free)
+  b1, b2 = letters.bat
+  ops, subs = [], []
+
+  def add(value, sub):
+    ops.append(value)
+    subs.append(tuple(sub))
+
+  add(v1.ct, [b1, *letters.rows[0], *(names(l, 1) for l in ua.structure.y_letters)])
+  for fac, (val, batched) in zip(ua.structure.factors, v1.factors):
+    add(val, ([b1] if batched else []) + [names(l, 1) for l in fac.letters])
+  if ua.structure.pair is not None:
+    (k1, bk1), (k2, bk2) = v1.key, v2.key
+    add(_combine(ua.structure.pair.combine, k1, k2, v1.ct.dtype),
+        ([b1] if bk1 else []) + [names(l, 1) for l in ua.structure.pair.letters]
+        + ([b2] if bk2 else []) + [names(l, 2) for l in ub.structure.pair.letters])
+  for fac, (val, batched) in zip(ub.structure.factors, v2.factors):
+    add(val, ([b2] if batched else []) + [names(l, 2) for l in fac.letters])
+  add(v2.ct, [b2, *letters.rows[1], *(names(l, 2) for l in ub.structure.y_letters)])
+  return Einsum(tuple(ops), tuple(subs), letters.out)
+
+
+def _combine(combine, k1, k2, dtype):
+  def fn(k1, k2):
+    e = combine(k1.reshape(k1.shape + (1,) * k2.ndim), k2.reshape((1,) * k1.ndim + k2.shape))
+    return e.astype(dtype)
+  if isinstance(k1, jax.ShapeDtypeStruct):  # Planning: shapes only.
+    return jax.eval_shape(fn, k1, k2)
+  return fn(k1, k2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+  """The contraction order chosen for one pair term, and its cost."""
+  path: tuple[tuple[int, ...], ...]
+  flops: float
+  largest: int  # Elements of the largest intermediate (including the output).
+
+
+def _symbols(sub: Sequence[int]) -> str:
+  return "".join(opt_einsum.get_symbol(i) for i in sub)
+
+
+def route(e: Einsum, memory_limit: int | None) -> Route:
+  """The cheapest contraction order whose intermediates stay under `memory_limit` elements."""
+  return _route(tuple(e.shapes()), e.subscripts, e.out, memory_limit)
+
+
+@functools.lru_cache(maxsize=4096)
+def _route(shapes, subscripts, out, memory_limit) -> Route:
+  eq = ",".join(_symbols(s) for s in subscripts) + "->" + _symbols(out)
+  n = len(shapes)
+  if n == 1:
+    return Route(((0,),), float(np.prod(shapes[0])), int(np.prod(shapes[0])))
+  method = "optimal" if n <= 6 else "dp"
+  path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=method,
+                                        memory_limit=memory_limit)
+  return Route(tuple(tuple(p) for p in path), float(info.opt_cost),
+               int(info.largest_intermediate))
+
+
+def contract(e: Einsum, r: Route) -> Array:
+  args = []
+  for o, s in zip(e.operands, e.subscripts):
+    args += [o, list(s)]
+  return jnp.einsum(*args, list(e.out), optimize=[tuple(p) for p in r.path],
+                    precision=_tree.HIGHEST)
+
+
+def size(shape) -> int:
+  return math.prod(shape)

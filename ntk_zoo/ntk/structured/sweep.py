@@ -1,0 +1,396 @@
+"""The reverse sweep: transpose g one equation at a time, contract each use as soon as it can.
+
+For one output leaf and one block of its output directions ("rows"), the cotangents of both
+inputs are pulled back through the linear program g in reverse order *in lockstep*. When a
+use's cotangent is complete on both sides, its pair term is contracted into the kernel block
+and the cotangent is dropped, so at any time only the cotangents alive at one point of the
+backward sweep are held: memory ∝ rows × (frontier), not rows × (all uses). Uses of a shared
+weight are held until the group's last use, then all their pairs are contracted.
+
+An `optimization_barrier` after each contraction keeps XLA from hoisting later parts of the
+sweep above it (which would keep more cotangents alive than the plan counted on).
+
+When both sides are the same input (x2 is None and the same rows), one side is swept and
+paired with itself.
+
+The same control flow runs on shapes (`AbstractSide`): the planner uses it to measure the
+frontier and the pair terms' shapes without tracing or running anything heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntk_zoo.ntk import _tree
+from ntk_zoo.ntk.cost import ZERO, eqn_cost
+from ntk_zoo.ntk import _compat as C
+from ntk_zoo.ntk.structured import pair as pair_lib
+from ntk_zoo.ntk.structured.program import PairStatus, Program, Site, SiteKind, pair_status
+
+Array = Any
+SDS = jax.ShapeDtypeStruct
+
+
+def _bind(eqn, invals):
+  outs = eqn.primitive.bind(*invals, **eqn.params)
+  return outs if eqn.primitive.multiple_results else [outs]
+
+
+def _vmap_flags(fn: Callable, args: Sequence, batched: Sequence[bool]):
+  """fn(*args), vmapped over axis 0 of the batched args (if any). Returns (out, batched)."""
+  if not any(batched):
+    return fn(*args), False
+  return jax.vmap(fn, in_axes=[0 if b else None for b in batched])(*args), True
+
+
+def _probe_reads(fn: Callable[[Callable], Array]) -> tuple[list, Any]:
+  """The variables `fn(read)` reads, and the shape of its result (per example)."""
+  seen: list = []
+
+  def probe(v):
+    if C.is_literal(v):
+      return v.val
+    seen.append(v)
+    return jnp.zeros(v.aval.shape, v.aval.dtype)
+
+  shape = jax.eval_shape(lambda: fn(probe))
+  return list(dict.fromkeys(seen)), shape
+
+
+class Side:
+  """One input batch: the program's constants for its examples (batched on axis 0, or shared).
+
+  Args:
+    program: the analyzed program.
+    consts: values of the constant invars; batched ones have a leading example axis.
+    batched: per constant invar, whether it is batched.
+  """
+
+  def __init__(self, program: Program, consts: Sequence[Array], batched: Sequence[bool]):
+    self.program = program
+    jaxpr = program.jaxpr
+    env: dict = {}
+    for v, c in zip(jaxpr.constvars, program.consts):
+      env[v] = (c, False)
+    for v, c, b in zip(jaxpr.invars[:program.n_consts], consts, batched):
+      env[v] = (c, b)
+    self.env = env
+    for k in program.const_eqns:
+      eqn = jaxpr.eqns[k]
+      vals, flags = zip(*[self.read(v) for v in eqn.invars]) if eqn.invars else ((), ())
+      outs, b = _vmap_flags(lambda *a, eqn=eqn: _bind(eqn, a), vals, flags)
+      for v, o in zip(eqn.outvars, outs):
+        if not isinstance(v, C.DropVar):
+          env[v] = (o, b)
+
+  def read(self, v) -> tuple[Array, bool]:
+    if C.is_literal(v):
+      return v.val, False
+    return self.env[v]
+
+  def value(self, fn: Callable[[Callable], Array]) -> tuple[Array, bool]:
+    """`fn(read)` (a factor or key of a structure rule) per example: (value, batched)."""
+    reads, _ = _probe_reads(fn)
+    bvars = [v for v in reads if self.env[v][1]]
+
+    def run(*bvals):
+      m = dict(zip(bvars, bvals))
+      return fn(lambda v: v.val if C.is_literal(v) else (m[v] if v in m else self.env[v][0]))
+
+    return _vmap_flags(run, [self.env[v][0] for v in bvars], [True] * len(bvars))
+
+  def transpose(self, eqn, lin_pos: Sequence[int], cts: Sequence[Array | None]) -> list[Array]:
+    """Cotangents of the linear operands `lin_pos` of `eqn`, for every example and row.
+
+    `cts`: per output of eqn, its cotangent (B, R, *aval), or None (zero).
+    """
+    lin_set = set(lin_pos)
+    const_pos = [i for i in range(len(eqn.invars)) if i not in lin_set]
+    const_vals, const_b = [], []
+    for i in const_pos:
+      val, b = self.read(eqn.invars[i])
+      const_vals.append(val)
+      const_b.append(b)
+    lin_avals = [SDS(eqn.invars[i].aval.shape, eqn.invars[i].aval.dtype) for i in lin_pos]
+    out_avals = [v.aval for v in eqn.outvars]
+    present = [i for i, c in enumerate(cts) if c is not None]
+
+    def one(consts, cts_present):  # One example, one row.
+      def fwd(*lin):
+        invals = [None] * len(eqn.invars)
+        for i, val in zip(lin_pos, lin):
+          invals[i] = val
+        for i, val in zip(const_pos, consts):
+          invals[i] = val
+        return _bind(eqn, invals)
+
+      full = [jnp.zeros(a.shape, a.dtype) for a in out_avals]
+      for i, c in zip(present, cts_present):
+        full[i] = c
+      return list(jax.linear_transpose(fwd, *lin_avals)(full))
+
+    rows = cts[present[0]].shape[1]
+    if (eqn.primitive is C.prims.conv_general_dilated_p and 1 in lin_set
+        and rows > _tree.MAX_VMAP_ROWS):
+      # XLA CPU bug: weight gradients of a conv vmapped over > 64 cotangents come out zero.
+      def per_example(c, t):
+        return _tree.map_rows(lambda r: one(c, r), t)
+    else:
+      per_example = jax.vmap(one, in_axes=(None, 0))
+    fn = jax.vmap(per_example, in_axes=([0 if b else None for b in const_b], 0))
+    return fn(const_vals, [cts[i] for i in present])
+
+
+class AbstractSide:
+  """A `Side` on shapes: what the sweep would hold, without computing anything."""
+
+  def __init__(self, program: Program, n_examples: int, batched: Sequence[bool]):
+    self.program = program
+    self.n = n_examples
+    jaxpr = program.jaxpr
+    flag: dict = {v: False for v in jaxpr.constvars}
+    flag.update(zip(jaxpr.invars[:program.n_consts], batched))
+    for k in program.const_eqns:
+      eqn = jaxpr.eqns[k]
+      b = any(flag[v] for v in eqn.invars if not C.is_literal(v))
+      flag.update((v, b) for v in eqn.outvars)
+    self.flag = flag
+    self._values: dict = {}
+    needed = set()
+    for k in program.g_eqns:
+      eqn = jaxpr.eqns[k]
+      needed.update(v for v in eqn.invars if not C.is_literal(v) and v in flag)
+    self.const_bytes = sum(_nbytes(v.aval) * (n_examples if flag[v] else 1) for v in needed)
+
+  def value(self, fn) -> tuple[SDS, bool]:
+    if id(fn) not in self._values:
+      reads, shape = _probe_reads(fn)
+      b = any(self.flag[v] for v in reads)
+      self._values[id(fn)] = (SDS((self.n, *shape.shape) if b else shape.shape, shape.dtype),
+                              b, fn)
+    val, b, _ = self._values[id(fn)]
+    return val, b
+
+  def transpose(self, eqn, lin_pos, cts) -> list[SDS]:
+    present = next(c for c in cts if c is not None)
+    lead = present.shape[:2]
+    return [SDS((*lead, *eqn.invars[i].aval.shape), eqn.invars[i].aval.dtype) for i in lin_pos]
+
+
+def _add(a, b):
+  return a if isinstance(a, SDS) else a + b
+
+
+def _nbytes(x) -> int:
+  return math.prod(x.shape) * np.dtype(x.dtype).itemsize
+
+
+class Probe:
+  """Records what a sweep on `AbstractSide`s holds: live cotangent bytes and pair terms.
+
+  Attributes:
+    peak_live: the most cotangent bytes alive at any point (both sides).
+    pairs: per pair term, (bytes of cotangents alive while it is contracted, its einsum).
+    cost: FLOPs and bytes written by the transposed equations (pair terms not included).
+  """
+
+  def __init__(self):
+    self.peak_live = 0
+    self.pairs: list[tuple[int, tuple[int, int], pair_lib.Einsum]] = []
+    self.cost = ZERO
+
+  def live(self, nbytes: int) -> None:
+    self.peak_live = max(self.peak_live, nbytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+  """What one sweep computes: output leaf `m`'s kernel block for given row blocks.
+
+  Attributes:
+    m: output leaf.
+    letters: einsum letters of the kernel block.
+    row_shape: per side, the shape of its row block (the per-example output shape with the
+      blocked axis cut to the block size).
+    memory_limit: cap (elements) on any pair term's intermediates, for the route choice.
+    barrier: whether to put an optimization barrier after each contraction.
+  """
+  m: int
+  letters: pair_lib.KernelLetters
+  row_shape: tuple[tuple[int, ...], tuple[int, ...]]
+  memory_limit: int | None = None
+  barrier: bool = True
+
+
+def _side_values(program: Program, side, u: int, ct, row_shape) -> pair_lib.SideValues:
+  use = program.uses[u]
+  shape = (ct.shape[0], *row_shape, *ct.shape[2:])
+  ct = SDS(shape, ct.dtype) if isinstance(ct, SDS) else ct.reshape(shape)
+  factors = tuple(side.value(f.value) for f in use.structure.factors)
+  key = side.value(use.structure.pair.key) if use.structure.pair is not None else None
+  return pair_lib.SideValues(ct, factors, key)
+
+
+def _pair_einsums(program: Program, sides: Sequence, group: Sequence[int], cts: dict,
+                  spec: SweepSpec) -> list[tuple[tuple[int, int], pair_lib.Einsum]]:
+  """The einsums of every pair (a at x1, b at x2) of a completed group of uses."""
+  values: list[dict] = [{}, {}]
+  out = []
+  for a in group:
+    for b in group:
+      if pair_status(program.uses[a], program.uses[b]) is not PairStatus.OK:
+        continue
+      if cts[a][0] is None or cts[b][1] is None:
+        continue
+      for s, u in ((0, a), (1, b)):
+        if u not in values[s]:
+          values[s][u] = _side_values(sides[s].program, sides[s], u, cts[u][s],
+                                      spec.row_shape[s])
+      out.append(((a, b), pair_lib.build(sides[0].program.uses[a], sides[1].program.uses[b],
+                                         values[0][a], values[1][b], spec.letters)))
+  return out
+
+
+def sweep(program: Program, sides: Sequence, cts0: Sequence, spec: SweepSpec,
+          probe: Probe | None = None) -> Array | None:
+  """The kernel block of output `spec.m` for the row blocks whose cotangents are `cts0`.
+
+  Args:
+    program: the analyzed program (its structure drives the sweep; each side transposes and
+      reads factors from its own program, which has the same structure, and may differ in
+      shapes when the whole batch is one "example").
+    sides: `[side1, side2]`, or `[side]` when both inputs are the same (self-pairs); `Side`s,
+      or `AbstractSide`s with a `probe` (planning).
+    cts0: per side, the cotangent of output m: (B, R, *out_shape), R rows (or its shape).
+    spec: the block's letters, row shapes and route memory cap.
+    probe: records live bytes and pair terms instead of contracting (abstract sides).
+
+  Returns:
+    The kernel block (letters `spec.letters.out`), or None if no use reaches output m.
+  """
+  jaxpr = program.jaxpr
+  m = spec.m
+  n_sides = len(sides)
+  pair_sides = list(sides) if n_sides == 2 else [sides[0], sides[0]]
+  reach = program.reach[m]
+  groups = program.groups(m)
+  group_of = {u: g for g, members in enumerate(groups) for u in members}
+  remaining = [set(g) for g in groups]
+  done: dict[int, list] = {}
+  env: list[dict] = [{} for _ in range(n_sides)]
+  acc: list = [None]
+
+  def live_bytes(extra=()) -> int:
+    vals = [v for e in env for v in e.values()]
+    vals += [c for cts in done.values() for c in cts[:n_sides] if c is not None]
+    return sum(_nbytes(v) for v in (*vals, *extra))
+
+  lin_vars = {v for k in program.g_eqns for v in jaxpr.eqns[k].outvars}
+  invar_of_use: dict[int, Any] = {}
+  for u in reach:
+    if program.uses[u].site.kind is SiteKind.INVAR:
+      var = jaxpr.invars[program.n_consts + program.uses[u].leaf]
+      lin_vars.add(var)
+      invar_of_use[u] = var
+  last_consumer: dict[int, int] = {}
+  if invar_of_use:
+    consumer = {var: u for u, var in invar_of_use.items()}
+    for k in program.g_eqns:
+      for v in jaxpr.eqns[k].invars:
+        if not C.is_literal(v) and v in consumer:
+          u = consumer[v]
+          last_consumer[u] = min(last_consumer.get(u, k), k)
+  completes_after: dict[int, list[int]] = {}
+  for u, k in last_consumer.items():
+    completes_after.setdefault(k, []).append(u)
+
+  def barrier():
+    if not spec.barrier or probe is not None:
+      return
+    keys = [list(e) for e in env]
+    done_keys = list(done)
+    state = (acc[0], [[e[k] for k in ks] for e, ks in zip(env, keys)],
+             [done[u] for u in done_keys])
+    a, vals, dvals = jax.lax.optimization_barrier(state)
+    acc[0] = a
+    for e, ks, vs in zip(env, keys, vals):
+      e.update(zip(ks, vs))
+    done.update(zip(done_keys, dvals))
+
+  def complete(u: int, cts: list):
+    if n_sides == 1:
+      cts = [cts[0], cts[0]]
+    done[u] = cts
+    g = group_of[u]
+    remaining[g].discard(u)
+    if remaining[g]:
+      return
+    for ab, e in _pair_einsums(program, pair_sides, groups[g], done, spec):
+      if probe is not None:
+        probe.pairs.append((live_bytes(), ab, e))
+        continue
+      term = pair_lib.contract(e, pair_lib.route(e, spec.memory_limit))
+      acc[0] = term if acc[0] is None else acc[0] + term
+    for member in groups[g]:
+      done.pop(member, None)
+    barrier()
+
+  def add_ct(s: int, v, c):
+    env[s][v] = c if v not in env[s] else _add(env[s][v], c)
+
+  out_var = jaxpr.outvars[m]
+  out_site = program.cut_at.get(Site(SiteKind.OUTPUT, m))
+  if out_site is not None and out_site in reach:
+    complete(out_site, list(cts0))
+  elif not C.is_literal(out_var) and out_var in lin_vars:
+    for s in range(n_sides):
+      add_ct(s, out_var, cts0[s])
+  for u, var in invar_of_use.items():
+    if u not in last_consumer:
+      complete(u, [env[s].pop(var, None) for s in range(n_sides)])
+
+  for k in reversed(program.g_eqns):
+    eqn = jaxpr.eqns[k]
+    site = Site(SiteKind.EQN, k)
+    if site in program.cut_at:
+      u = program.cut_at[site]
+      cts = [env[s].pop(eqn.outvars[0], None) for s in range(n_sides)]
+      if u in reach:
+        complete(u, cts)
+      continue
+    outs = [[None if isinstance(v, C.DropVar) else env[s].pop(v, None) for v in eqn.outvars]
+            for s in range(n_sides)]
+    if all(c is None for c in outs[0]):
+      continue
+    lin_pos = [i for i, v in enumerate(eqn.invars)
+               if not C.is_literal(v) and (v in lin_vars or Site(SiteKind.OPERAND, k, i)
+                                           in program.cut_at)]
+    new = [sides[s].transpose(sides[s].program.jaxpr.eqns[k], lin_pos, outs[s])
+           for s in range(n_sides)]
+    if probe is not None:
+      for s in range(n_sides):
+        lead = next(c for c in outs[s] if c is not None).shape[:2]
+        probe.cost = probe.cost + eqn_cost(eqn) * math.prod(lead)
+      probe.live(live_bytes([c for s in range(n_sides) for c in (*outs[s], *new[s])
+                             if c is not None]))
+    operand_uses = []
+    for j, i in enumerate(lin_pos):
+      op_site = Site(SiteKind.OPERAND, k, i)
+      if op_site in program.cut_at:
+        operand_uses.append((program.cut_at[op_site], [new[s][j] for s in range(n_sides)]))
+      else:
+        for s in range(n_sides):
+          add_ct(s, eqn.invars[i], new[s][j])
+    for u, cts in operand_uses:
+      if u in reach:
+        complete(u, cts)
+    for u in completes_after.get(k, ()):
+      complete(u, [env[s].pop(invar_of_use[u], None) for s in range(n_sides)])
+  return acc[0]
