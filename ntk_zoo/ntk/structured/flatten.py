@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ntk_zoo.ntk import _compat as C
+from ntk_zoo.ntk.structured.rewrites import REWRITES
 
 
 def eval_inlined(jaxpr: C.Jaxpr, consts: Sequence, args: Sequence) -> list:
@@ -41,6 +42,8 @@ def eval_inlined(jaxpr: C.Jaxpr, consts: Sequence, args: Sequence) -> list:
       outs = eval_inlined(inner[0], inner[1], invals)
     elif eqn.primitive is C.prims.scan_p:
       outs = _unroll_scan(eqn, invals)
+    elif eqn.primitive in REWRITES:
+      outs = REWRITES[eqn.primitive](*invals, **eqn.params)
     else:
       outs = eqn.primitive.bind(*invals, **eqn.params)
       if not eqn.primitive.multiple_results:

@@ -32,6 +32,7 @@ from ntk_zoo.ntk import _tree
 from ntk_zoo.ntk.cost import ZERO, eqn_cost
 from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.structured import pair as pair_lib
+from ntk_zoo.ntk.structured.rewrites import TRANSPOSES
 from ntk_zoo.ntk.structured.program import PairStatus, Program, Site, SiteKind, pair_status
 
 Array = Any
@@ -90,6 +91,14 @@ class Side:
         if not isinstance(v, C.DropVar):
           env[v] = (o, b)
 
+  def gate(self) -> Array | None:
+    """A scalar predicate that is true at run time but depends on the inputs."""
+    for v in self.program.jaxpr.invars[:self.program.n_consts]:
+      val = self.env[v][0]
+      if isinstance(val, jax.Array) and val.size and jnp.issubdtype(val.dtype, jnp.inexact):
+        return jnp.logical_not(jnp.isnan(jnp.ravel(val)[0]))
+    return None
+
   def read(self, v) -> tuple[Array, bool]:
     if C.is_literal(v):
       return v.val, False
@@ -134,6 +143,14 @@ class Side:
       full = [jnp.zeros(a.shape, a.dtype) for a in out_avals]
       for i, c in zip(present, cts_present):
         full[i] = c
+      rule = TRANSPOSES.get(eqn.primitive)
+      if rule is not None and len(full) == 1:
+        invals = [None] * len(eqn.invars)
+        for i, val in zip(const_pos, consts):
+          invals[i] = val
+        out = rule(eqn, lin_pos, invals, full[0])
+        if out is not None:
+          return out
       return list(jax.linear_transpose(fwd, *lin_avals)(full))
 
     rows = cts[present[0]].shape[1]
@@ -182,6 +199,30 @@ class AbstractSide:
     present = next(c for c in cts if c is not None)
     lead = present.shape[:2]
     return [SDS((*lead, *eqn.invars[i].aval.shape), eqn.invars[i].aval.dtype) for i in lin_pos]
+
+
+def _materialize(state, pred):
+  """`state`, with XLA forced to materialize it here.
+
+  An `optimization_barrier` alone does not do it on CPU: XLA expands barriers before fusion,
+  then fuses long elementwise chains of cotangents (residual skip paths) across many blocks,
+  duplicating them into several consumers and keeping every branch's cotangent alive until
+  the last one (5× the planned memory on ResNet-50). A conditional is never fused or
+  duplicated, so passing the state through an identity `cond` on a predicate XLA cannot fold
+  pins the frontier to memory at this point of the sweep.
+  """
+  state = jax.lax.optimization_barrier(state)
+  if pred is None:
+    return state
+  # Identity branches would be forwarded away by JAX, and XLA copies a parameter returned by a
+  # branch: the taken branch adds a runtime zero (in place), the other returns zeros.
+  zero = jnp.where(pred, 0, jnp.nan)
+
+  def taken(s, z):
+    return jax.tree_util.tree_map(lambda a: a + z.astype(a.dtype), s)
+
+  return jax.lax.cond(pred, taken,
+                      lambda s, z: jax.tree_util.tree_map(jnp.zeros_like, s), state, zero)
 
 
 def _add(a, b):
@@ -318,7 +359,7 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence, spec: SweepSpec,
     done_keys = list(done)
     state = (acc[0], [[e[k] for k in ks] for e, ks in zip(env, keys)],
              [done[u] for u in done_keys])
-    a, vals, dvals = jax.lax.optimization_barrier(state)
+    a, vals, dvals = _materialize(state, gate[0])
     acc[0] = a
     for e, ks, vs in zip(env, keys, vals):
       e.update(zip(ks, vs))
@@ -344,6 +385,9 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence, spec: SweepSpec,
 
   def add_ct(s: int, v, c):
     env[s][v] = c if v not in env[s] else _add(env[s][v], c)
+
+  # A runtime-true predicate for `_materialize` (XLA cannot fold it away).
+  gate = [None if probe is not None else sides[0].gate()]
 
   out_var = jaxpr.outvars[m]
   out_site = program.cut_at.get(Site(SiteKind.OUTPUT, m))
