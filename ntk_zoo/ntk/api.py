@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Sequence
 
@@ -151,13 +152,9 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
     key = auto.signature(problem, budget) + _kwargs_signature(f_kwargs)
     decision = decisions.get(key)
     if decision is None:
-      if impl is Implementation.AUTO:
-        decision = auto.choose(problem, budget, engines)
-      else:
-        plan = engines[impl.value].plan(problem, budget)
-        decision = auto.Decision(key, impl.value, plan,
-                                 {impl.value: auto.Estimate(plan.flops, plan.bytes_written)},
-                                 {impl.value: plan})
+      candidates = engines if impl is Implementation.AUTO else {impl.value: engines[impl.value]}
+      decision = auto.choose(problem, budget, candidates, verify=True)
+      decision = dataclasses.replace(decision, signature=key)
       decisions[key] = decision
     kernel.last_decision = decision  # type: ignore[attr-defined]
     kernels = engines[decision.chosen].kernel(problem, decision.plan)

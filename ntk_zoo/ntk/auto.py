@@ -56,13 +56,67 @@ def signature(problem: Problem, budget: int) -> str:
                sig(problem.params), problem.opts, fmt_bytes(budget)))
 
 
-def choose(problem: Problem, budget: int, engines: dict) -> Decision:
-  """Plans every engine and picks the cheapest plan that fits `budget`."""
+# Plans whose estimated peak is above this fraction of the budget are checked against XLA's
+# own buffer assignment (one extra compile of the kernel alone) before they run.
+VERIFY_FRACTION = 0.3
+MAX_REPLANS = 3
+
+
+def choose(problem: Problem, budget: int, engines: dict, verify: bool = False) -> Decision:
+  """Plans every engine and picks the cheapest plan that fits `budget`.
+
+  With `verify`, a plan estimated to use more than `VERIFY_FRACTION` of the budget is compiled
+  on its own and XLA's memory analysis (temporaries + arguments + outputs) is compared with
+  the budget; if XLA needs more, the plans are redone for a budget scaled down by the
+  overshoot (up to `MAX_REPLANS` times).
+  """
+  calibration: dict[str, dict[str, float]] = {}
+  decision = _choose(problem, budget, calibration, engines)
+  for _ in range(MAX_REPLANS):
+    if not verify or decision.plan.peak_bytes <= VERIFY_FRACTION * budget:
+      break
+    measured = compiled_peak(problem, engines[decision.chosen], decision.plan)
+    if measured is None:
+      break
+    plan = dataclasses.replace(decision.plan, measured_bytes=measured)
+    decision = dataclasses.replace(decision, plan=plan)
+    if measured <= budget:
+      break
+    log.info("%s: XLA needs %s for a plan estimated at %s; replanning.", decision.chosen,
+             fmt_bytes(measured), fmt_bytes(decision.plan.peak_bytes))
+    factors = calibration.setdefault(decision.chosen, {})
+    kind = decision.plan.kind
+    factors[kind] = factors.get(kind, 1.0) * measured / decision.plan.peak_bytes * 1.05
+    decision = _choose(problem, budget, calibration, engines)
+  return decision
+
+
+def compiled_peak(problem: Problem, engine, plan: Plan) -> int | None:
+  """XLA's peak for the kernel alone under `plan` (None if it cannot be compiled apart)."""
+  abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype),
+                                    (problem.params, problem.x1, problem.x2))
+
+  def run(p, a, b):
+    return engine.kernel(dataclasses.replace(problem, params=p, x1=a, x2=b), plan)
+
+  try:
+    compiled = jax.jit(run).lower(*abstract).compile()
+    ma = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  (e.g. f closes over outer tracers)
+    log.debug("compiled_peak: could not compile the kernel apart", exc_info=True)
+    return None
+  if ma is None:
+    return None
+  return int(ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
+             - ma.alias_size_in_bytes)
+
+
+def _choose(problem: Problem, budget: int, calibration: dict, engines: dict) -> Decision:
   plans: dict[str, Plan | str] = {}
   errors: dict[str, BudgetError] = {}
   for name, engine in engines.items():
     try:
-      plans[name] = engine.plan(problem, budget)
+      plans[name] = engine.plan(problem, budget, calibration.get(name))
     except BudgetError as e:
       plans[name] = str(e)
       errors[name] = e

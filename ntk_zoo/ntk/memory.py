@@ -99,13 +99,17 @@ class Plan:
   Attributes:
     method: the implementation ("structured_derivatives", ...).
     blocks: per output leaf, a description of its blocking: for sweep engines
-      `(axis, block, n_blocks)` over that per-example output axis (n_blocks = 1: none); for
-      NTK-vector products `(rows_per_chunk,)`.
+      `(axis, block, n_blocks, split)`: `n_blocks` blocks of `block` directions along that
+      per-example output axis (n_blocks = 1: none), and the sweep position where it is split
+      (0: not split); for NTK-vector products `(rows_per_chunk,)`.
     peak_bytes: estimated peak memory.
     flops: estimated floating-point operations.
     bytes_written: estimated bytes written by all operations (a time proxy).
     budget: the budget the plan was made for.
+    kind: the engine's name for this shape of plan (its estimates are calibrated per kind).
     note: a human-readable summary (routes taken, why blocked).
+    measured_bytes: XLA's peak for this plan (temporaries, arguments and outputs, from the
+      compiled kernel's memory analysis), when it was checked.
   """
   method: str
   blocks: tuple[tuple[int, ...], ...]
@@ -113,13 +117,21 @@ class Plan:
   flops: float
   bytes_written: float
   budget: int
+  kind: str = ""
   note: str = ""
+  measured_bytes: int | None = None
 
   def __str__(self) -> str:
-    blocks = ", ".join(
-        "unblocked" if len(b) == 3 and b[2] == 1 else
-        (f"axis {b[0]} in {b[2]} blocks of {b[1]}" if len(b) == 3 else f"{b[0]} rows per chunk")
-        for b in self.blocks)
+    def one(b):
+      if len(b) == 1:
+        return f"{b[0]} directions per chunk"
+      if b[3]:
+        return f"split sweep, early part in {b[2]} blocks of {b[1]}"
+      return "unblocked" if b[2] == 1 else f"axis {b[0]} in {b[2]} blocks of {b[1]}"
+
+    blocks = ", ".join(one(b) for b in self.blocks)
     return (f"{self.method}: {blocks}; est. {self.flops:.3g} FLOPs, peak "
-            f"{fmt_bytes(self.peak_bytes)} of a {fmt_bytes(self.budget)} budget"
+            f"{fmt_bytes(self.peak_bytes)}"
+            + (f" (XLA: {fmt_bytes(self.measured_bytes)})" if self.measured_bytes else "")
+            + f" of a {fmt_bytes(self.budget)} budget"
             + (f"; {self.note}" if self.note else ""))

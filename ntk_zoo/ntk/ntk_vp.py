@@ -47,7 +47,10 @@ class VectorProductEngine:
 
   name = "ntk_vector_products"
 
-  def plan(self, problem: Problem, budget: int) -> Plan:
+  def plan(self, problem: Problem, budget: int,
+           calibration: dict[str, float] | None = None) -> Plan:
+    full_budget = budget
+    budget = int(budget / (calibration or {}).get("chunks", 1.0))
     from ntk_zoo.ntk.structured import engine as sweep_engine  # pylint: disable=g-import-not-at-top
     from ntk_zoo.ntk.structured import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
     prep = sweep_engine.JACOBIAN.prepare(problem)
@@ -86,7 +89,7 @@ class VectorProductEngine:
       est = g_cost * (2 * cols * pairs)
       total = est if total is None else total + est
     return Plan(self.name, tuple((chunk,) for _ in prep.leaves), fixed + chunk * per_col,
-                total.flops, total.bytes, budget)
+                total.flops, total.bytes, full_budget, "chunks")
 
   def kernel(self, problem: Problem, plan: Plan) -> PyTree:
     opts, params = problem.opts, problem.params

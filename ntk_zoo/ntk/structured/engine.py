@@ -96,10 +96,16 @@ def _letters(leaf: Leaf) -> pair_lib.KernelLetters:
 
 @dataclasses.dataclass(frozen=True)
 class _Blocks:
-  """Blocking of one leaf: `n` blocks of `size` rows along per-example axis `axis`."""
+  """Blocking of one leaf: `n` blocks of `size` rows along per-example axis `axis`.
+
+  With `split` > 0, the sweep is split at that position: the late part runs in lockstep for
+  all rows, the early part one side at a time in the `n` row blocks (side 1's halves of the
+  pair terms stashed, then contracted with side 2's), so nothing is recomputed.
+  """
   axis: int | None
   size: int
   n: int
+  split: int = 0
 
   def row_shapes(self, leaf: Leaf) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if self.axis is None:
@@ -174,8 +180,11 @@ class SweepEngine:
   # -- planning ---------------------------------------------------------------------------
 
   def _estimate(self, prep: Prepared, problem: Problem, m: int, blocks: _Blocks,
-                route_limit: int) -> tuple[float, Estimate]:
-    """(peak bytes, FLOPs/bytes) of leaf m's kernel with this blocking."""
+                route_limit: int, keep: list | None = None) -> tuple[float, Estimate]:
+    """(peak bytes, FLOPs/bytes) of leaf m's kernel with this (unsplit) blocking.
+
+    `keep`, if given, receives the probe and the constants' bytes (for `_split_plans`).
+    """
     program = prep.lp.program
     leaf = prep.leaves[m]
     single = _single_side(leaf, blocks, problem.symmetric)
@@ -193,7 +202,7 @@ class SweepEngine:
     itemsize = leaf.dtype.itemsize
     per_sweep = probe.cost
     peak = probe.peak_live
-    for live, _, e in probe.pairs:
+    for _, live, _, e, _ in probe.pairs:
       r = pair_lib.route(e, route_limit)
       factor_bytes = sum(math.prod(s) for s in e.shapes()[1:-1]) * itemsize
       peak = max(peak, live + factor_bytes + 2 * r.largest * itemsize)
@@ -202,31 +211,106 @@ class SweepEngine:
     consts = sides[0].const_bytes + (0 if problem.symmetric else sides[1].const_bytes)
     s1, s2 = (leaf.shapes[0], leaf.shapes[1])
     full = (prep.pe.n[0] * prep.pe.n[1] * math.prod(s1) * math.prod(s2)) * itemsize
+    if keep is not None:
+      keep += [probe, consts, 3 * full, n_sides]
     return consts + peak + 3 * full, per_sweep * n_sweeps
 
-  def plan(self, problem: Problem, budget: int, prep: Prepared | None = None) -> Plan:
+  def _split_plans(self, leaf: Leaf, size: int, budget: int, route_limit: int, keep: list):
+    """Candidate split plans of a leaf: (peak, estimate, blocks), from the full-rows probe."""
+    probe, consts, kernel_bytes, n_sides = keep
+    if leaf.block_role() is not Role.PAIR or size < 2:
+      return []
+    itemsize = leaf.dtype.itemsize
+    pair_cost = []
+    for pos, live, _, e, n1 in probe.pairs:
+      r = pair_lib.route(e, route_limit)
+      factor_bytes = sum(math.prod(sh) for sh in e.shapes()[1:-1]) * itemsize
+      h = pair_lib.half_letters(e, n1)
+      sizes = {l: n for sub, sh in zip(e.subscripts, e.shapes()) for l, n in zip(sub, sh)}
+      h_elems = math.prod(sizes[l] for l in h)
+      part = pair_lib.Einsum(e.operands[:n1], e.subscripts[:n1], h)
+      r_half = pair_lib.route(part, None)
+      rest = pair_lib.Einsum((jax.ShapeDtypeStruct(tuple(sizes[l] for l in h), leaf.dtype),
+                              *e.operands[n1:]), (h, *e.subscripts[n1:]), e.out)
+      r_rest = pair_lib.route(rest, route_limit)
+      pair_cost.append((pos, live + factor_bytes + 2 * r.largest * itemsize, r,
+                        h_elems * itemsize, r_half, r_rest))
+    plans = []
+    for t, f_bytes in probe.cuts:
+      if t == 0 or not any(pos >= t for pos, *_ in probe.live_at):
+        continue
+      peak_a = max([b for pos, b in probe.live_at if pos < t]
+                   + [c[1] for c in pair_cost if c[0] < t] + [0])
+      per_row = max([b for pos, b in probe.live_at if pos >= t] + [0]) / (n_sides * size)
+      late = [c for c in pair_cost if c[0] >= t]
+      stash = sum(c[3] for c in late)
+      h_row = max([c[3] for c in late] + [0]) / size
+      fixed = consts + kernel_bytes + f_bytes * (2 if n_sides == 1 else 1) + stash
+      if consts + kernel_bytes + peak_a > budget or fixed + 3 * (per_row + h_row) > budget:
+        continue
+      b = int(min(size, (budget - fixed) // (per_row + 3 * h_row)))
+      if b < 1:
+        continue
+      n = -(-size // b)
+      b = -(-size // n)
+      peak = max(consts + kernel_bytes + peak_a, fixed + b * (per_row + 3 * h_row))
+      est = Estimate(0.0, 0.0)
+      for pos, c in probe.cost_at:
+        est = est + c * (1 if pos < t or n_sides == 2 else 2)
+      for pos, _, r, h_bytes, r_half, r_rest in pair_cost:
+        if pos < t:
+          est = est + Estimate(r.flops, r.largest * itemsize)
+        else:
+          est = est + Estimate(2 * r_half.flops + r_rest.flops, 2 * h_bytes)
+      plans.append((peak, est, _Blocks(leaf.block_axis, b, n, t)))
+    return plans
+
+  def plan(self, problem: Problem, budget: int, calibration: dict[str, float] | None = None,
+           prep: Prepared | None = None) -> Plan:
+    """The cheapest blocking of every output leaf that fits `budget`.
+
+    `calibration`: per plan kind ("blocks", "split"), the factor by which XLA's measured peak
+    exceeded the estimate for a plan of that kind; estimates are scaled by it.
+    """
     prep = prep or self.prepare(problem)
+    calibration = calibration or {}
     route_limit = max(1, int(ROUTE_FRACTION * budget) // 4)
     blocks_all, total, peak_all, notes = [], Estimate(0.0, 0.0), 0.0, []
     for m, leaf in enumerate(prep.leaves):
-      blocks, peak, est = self._plan_leaf(prep, problem, m, leaf, budget, route_limit)
-      blocks_all.append((-1 if blocks.axis is None else blocks.axis, blocks.size, blocks.n))
+      blocks, peak, est = self._plan_leaf(prep, problem, m, leaf, budget, route_limit,
+                                          calibration)
+      blocks_all.append((-1 if blocks.axis is None else blocks.axis, blocks.size, blocks.n,
+                         blocks.split))
       total = total + est
       peak_all = max(peak_all, peak)
-      if blocks.n > 1:
+      if blocks.split:
+        notes.append(f"output {m}: sweep split at step {blocks.split}: late part in lockstep "
+                     f"for all directions, early part per side in {blocks.n} blocks of "
+                     f"{blocks.size}")
+      elif blocks.n > 1:
         notes.append(f"output {m}: {blocks.n} blocks of {blocks.size} directions")
-    return Plan(self.name, tuple(blocks_all), peak_all, total.flops, total.bytes, budget,
+    kind = "split" if any(b[3] for b in blocks_all) else "blocks"
+    return Plan(self.name, tuple(blocks_all), peak_all, total.flops, total.bytes, budget, kind,
                 "; ".join(notes))
 
-  def _plan_leaf(self, prep, problem, m, leaf: Leaf, budget: int, route_limit: int):
+  def _plan_leaf(self, prep, problem, m, leaf: Leaf, budget: int, route_limit: int,
+                 calibration: dict[str, float]):
+    full_budget = budget
+    budget = int(full_budget / calibration.get("blocks", 1.0))
     size = leaf.shapes[0][leaf.block_axis] if leaf.block_axis is not None else 1
     whole = _Blocks(leaf.block_axis, size, 1)
-    peak, est = self._estimate(prep, problem, m, whole, route_limit)
+    keep: list = []
+    peak, est = self._estimate(prep, problem, m, whole, route_limit, keep)
     if peak <= budget:
       return whole, peak, est
+    splits = self._split_plans(leaf, size, int(full_budget / calibration.get("split", 1.0)),
+                               route_limit, keep)
     smallest = _Blocks(leaf.block_axis, 1, size)
     peak1, _ = self._estimate(prep, problem, m, smallest, route_limit)
     if peak1 > budget or size == 1:
+      if splits:
+        peak_s, est_s, blocks_s = min(splits, key=lambda x: x[1].cost)
+        return blocks_s, peak_s, est_s
       raise BudgetError(
           f"{self.name}: no blocking of output {m} fits the memory budget of "
           f"{fmt_bytes(budget)}: one output direction at a time still needs about "
@@ -241,8 +325,13 @@ class SweepEngine:
       blocks = _Blocks(leaf.block_axis, -(-size // n), n)
       p, e = self._estimate(prep, problem, m, blocks, route_limit)
       if p <= budget or blocks.size == 1:
-        return blocks, p, e
+        break
       b = max(1, int(blocks.size * 0.85))
+    if splits:
+      peak_s, est_s, blocks_s = min(splits, key=lambda x: x[1].cost)
+      if est_s.cost < e.cost:
+        return blocks_s, peak_s, est_s
+    return blocks, p, e
 
   # -- computing --------------------------------------------------------------------------
 
@@ -250,18 +339,18 @@ class SweepEngine:
     prep = prep or self.prepare(problem)
     xb1, xb2 = prep.pe.batched_inputs(problem)
     consts1 = prep.lp.constants(problem.params, xb1, prep.pe.in_axes)
-    side1 = sweep_lib.Side(prep.lp.program, consts1, prep.lp.batched)
+    side1 = sweep_lib.Side(prep.lp.program, consts1, prep.lp.batched, prep.pe.n[0])
     if problem.symmetric:
       side2 = side1
     else:
       consts2 = prep.lp2.constants(problem.params, xb2, prep.pe.in_axes)
-      side2 = sweep_lib.Side(prep.lp2.program, consts2, prep.lp2.batched)
+      side2 = sweep_lib.Side(prep.lp2.program, consts2, prep.lp2.batched, prep.pe.n[1])
     route_limit = max(1, int(ROUTE_FRACTION * plan.budget) // 4)
     out_leaves, out_tree = jax.tree_util.tree_flatten(problem.out_shapes)
     kernels = []
     for m, leaf in enumerate(prep.leaves):
-      axis, size, n = plan.blocks[m]
-      blocks = _Blocks(None if axis < 0 else axis, size, n)
+      axis, size, n, split = plan.blocks[m]
+      blocks = _Blocks(None if axis < 0 else axis, size, n, split)
       k = self._leaf_kernel(prep, problem, m, leaf, blocks, (side1, side2), route_limit)
       if k is None:
         k = jnp.zeros(self._full_shape(prep, problem, m), leaf.dtype)
@@ -287,9 +376,12 @@ class SweepEngine:
       cts0 = [_basis(leaf.shapes[s], rows[s], blocks.axis, off * blocks.size, leaf.dtype,
                      n_ex[s]) for s, off in ((0, i), (1, j))]
       if single:
-        return sweep_lib.sweep(program, [sides[0]], cts0[:1], spec)
-      return sweep_lib.sweep(program, list(sides), cts0, spec)
+        return sweep_lib.sweep(program, [sides[0]], cts0[:1], spec).kernel
+      return sweep_lib.sweep(program, list(sides), cts0, spec).kernel
 
+    if blocks.split:
+      return _split_kernel(program, sides, leaf, blocks, spec, problem.symmetric, n_ex,
+                           self._full_shape(prep, problem, m))
     if blocks.n == 1:
       return block(0, 0)
     return _assemble(block, blocks, leaf, problem.symmetric, self._full_shape(prep, problem, m))
@@ -333,6 +425,71 @@ def _assemble(block, blocks: _Blocks, leaf: Leaf, symmetric: bool, full_shape) -
   if role is Role.PAIR:
     index[pos + 1] = slice(0, full_shape[pos + 1])
   return acc[tuple(index)]
+
+
+def _split_kernel(program: Program, sides, leaf: Leaf, blocks: _Blocks,
+                  spec: sweep_lib.SweepSpec, symmetric: bool, n_ex, full_shape) -> jax.Array:
+  """A split sweep (see `_Blocks`): lockstep to `blocks.split`, then stash / unstash."""
+  t, a, b, n = blocks.split, blocks.axis, blocks.size, blocks.n
+  full_rows = leaf.shapes
+  spec_full = dataclasses.replace(spec, row_shape=full_rows)
+  cts0 = [_basis(leaf.shapes[s], full_rows[s], None, 0, leaf.dtype, n_ex[s]) for s in range(2)]
+  swept = [sides[0]] if symmetric else list(sides)
+  res_a = sweep_lib.sweep(program, swept, cts0[:len(swept)], spec_full, stop=t)
+  f1 = res_a.env[0]
+  f2 = res_a.env[0] if symmetric else res_a.env[1]
+  side2 = sides[0] if symmetric else sides[1]
+  size = full_rows[0][a]
+  pad = n * b - size
+
+  def block_rows(value, shape, i):
+    """Rows of block i of a (B, R, *aval) cotangent (rows flattened over `shape`)."""
+    v = value.reshape((value.shape[0], *shape, *value.shape[2:]))
+    if pad:
+      cfg = [(0, 0)] * v.ndim
+      cfg[1 + a] = (0, pad)
+      v = jnp.pad(v, cfg)
+    v = jax.lax.dynamic_slice_in_dim(v, i * b, b, axis=1 + a)
+    return v.reshape((v.shape[0], -1, *value.shape[2:]))
+
+  block_shape = tuple(tuple(b if d == a else k for d, k in enumerate(sh)) for sh in full_rows)
+  spec_stash = dataclasses.replace(spec, row_shape=(block_shape[0], block_shape[0]))
+  letters_of: dict = {}
+
+  def stash_step(_, i):
+    env = {v: block_rows(x, full_rows[0], i) for v, x in f1.items()}
+    res = sweep_lib.sweep(program, [sides[0]], None, spec_stash, mode=sweep_lib.Mode.STASH,
+                          start=t, env0=[env])
+    letters_of.update({ab: h for ab, (_, h) in res.stash.items()})
+    return None, {ab: val for ab, (val, _) in res.stash.items()}
+
+  _, h_blocks = jax.lax.scan(stash_step, None, jnp.arange(n))
+  row_letter = spec.letters.rows[0][a]
+  stash = {}
+  for ab, val in h_blocks.items():  # (n, *h) with the block axis of size b -> full rows.
+    h = letters_of[ab]
+    ax = 1 + h.index(row_letter)
+    val = jnp.moveaxis(val, 0, ax - 1)
+    val = val.reshape((*val.shape[:ax - 1], n * b, *val.shape[ax + 1:]))
+    stash[ab] = (jax.lax.slice_in_dim(val, 0, size, axis=ax - 1), h)
+
+  spec_un = dataclasses.replace(spec, row_shape=(full_rows[0], block_shape[1]))
+  pos = result_position(leaf.roles, leaf.full_axis(a)) + 1
+  padded = list(full_shape)
+  padded[pos] = n * b
+  init = jnp.zeros(padded, leaf.dtype)
+
+  def unstash_step(acc, j):
+    env = {v: block_rows(x, full_rows[1], j) for v, x in f2.items()}
+    res = sweep_lib.sweep(program, [sides[0], side2], None, spec_un,
+                          mode=sweep_lib.Mode.UNSTASH, start=t, env0=[env], stash=stash)
+    if res.kernel is None:
+      return acc, None
+    return jax.lax.dynamic_update_slice_in_dim(acc, res.kernel, j * b, axis=pos), None
+
+  acc, _ = jax.lax.scan(unstash_step, init, jnp.arange(n))
+  k_b = jax.lax.slice_in_dim(acc, 0, full_shape[pos], axis=pos)
+  return k_b if res_a.kernel is None else res_a.kernel + k_b
 
 
 def _swap_sides(k: jax.Array, roles: Sequence[Role]) -> jax.Array:

@@ -124,9 +124,20 @@ def _symbols(sub: Sequence[int]) -> str:
   return "".join(opt_einsum.get_symbol(i) for i in sub)
 
 
+# No intermediate of a pair term may be larger than this many times its largest operand or
+# its result (those are in memory anyway): the FLOP-optimal order sometimes forms an outer
+# product (rows₁ × rows₂ × channels) that is no cheaper than the sane order.
+INTERMEDIATE_FACTOR = 4
+
+
 def route(e: Einsum, memory_limit: int | None) -> Route:
   """The cheapest contraction order whose intermediates stay under `memory_limit` elements."""
-  return _route(tuple(e.shapes()), e.subscripts, e.out, memory_limit)
+  shapes = tuple(e.shapes())
+  sizes = {l: n for sub, sh in zip(e.subscripts, shapes) for l, n in zip(sub, sh)}
+  largest = max([math.prod(sh) for sh in shapes] + [math.prod(sizes[l] for l in e.out)])
+  cap = INTERMEDIATE_FACTOR * largest
+  return _route(shapes, e.subscripts, e.out, cap if memory_limit is None else
+                min(memory_limit, cap))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -135,11 +146,19 @@ def _route(shapes, subscripts, out, memory_limit) -> Route:
   n = len(shapes)
   if n == 1:
     return Route(((0,),), float(np.prod(shapes[0])), int(np.prod(shapes[0])))
-  method = "optimal" if n <= 6 else "dp"
-  path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=method,
-                                        memory_limit=memory_limit)
-  return Route(tuple(tuple(p) for p in path), float(info.opt_cost),
-               int(info.largest_intermediate))
+  # "optimal" in opt_einsum 3.4 returns paths worse in FLOPs and memory than "dp" when a
+  # letter is shared by every operand (diagonal structure): take the best of several.
+  best = None
+  for method in ("dp", "greedy", "optimal" if n <= 5 else "branch-2"):
+    path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=method,
+                                          memory_limit=memory_limit)
+    r = Route(tuple(tuple(p) for p in path), float(info.opt_cost),
+              int(info.largest_intermediate))
+    fits = memory_limit is None or r.largest <= memory_limit
+    key = (not fits, r.flops, r.largest)
+    if best is None or key < best[0]:
+      best = (key, r)
+  return best[1]
 
 
 def contract(e: Einsum, r: Route) -> Array:
@@ -152,3 +171,22 @@ def contract(e: Einsum, r: Route) -> Array:
 
 def size(shape) -> int:
   return math.prod(shape)
+
+
+def half_letters(e: Einsum, n1: int) -> tuple[int, ...]:
+  """Letters of side 1's half of a pair term: those its operands share with the rest."""
+  rest = {l for sub in e.subscripts[n1:] for l in sub} | set(e.out)
+  return tuple(dict.fromkeys(l for sub in e.subscripts[:n1] for l in sub if l in rest))
+
+
+def half(e: Einsum, n1: int) -> tuple[Array, tuple[int, ...]]:
+  """H₁ = the contraction of side 1's operands (the first n1): (value, letters)."""
+  h = half_letters(e, n1)
+  part = Einsum(e.operands[:n1], e.subscripts[:n1], h)
+  return contract(part, route(part, None)), h
+
+
+def with_half(e: Einsum, n1: int, h1: tuple[Array, tuple[int, ...]]) -> Einsum:
+  """The pair term with side 1's operands replaced by their stashed contraction."""
+  value, letters = h1
+  return Einsum((value, *e.operands[n1:]), (letters, *e.subscripts[n1:]), e.out)

@@ -20,6 +20,7 @@ frontier and the pair terms' shapes without tracing or running anything heavy.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -72,10 +73,13 @@ class Side:
     program: the analyzed program.
     consts: values of the constant invars; batched ones have a leading example axis.
     batched: per constant invar, whether it is batched.
+    n_examples: the number of examples.
   """
 
-  def __init__(self, program: Program, consts: Sequence[Array], batched: Sequence[bool]):
+  def __init__(self, program: Program, consts: Sequence[Array], batched: Sequence[bool],
+               n_examples: int):
     self.program = program
+    self.n_examples = n_examples
     jaxpr = program.jaxpr
     env: dict = {}
     for v, c in zip(jaxpr.constvars, program.consts):
@@ -170,7 +174,7 @@ class AbstractSide:
 
   def __init__(self, program: Program, n_examples: int, batched: Sequence[bool]):
     self.program = program
-    self.n = n_examples
+    self.n = self.n_examples = n_examples
     jaxpr = program.jaxpr
     flag: dict = {v: False for v in jaxpr.constvars}
     flag.update(zip(jaxpr.invars[:program.n_consts], batched))
@@ -215,7 +219,7 @@ def _materialize(state, pred):
   if pred is None:
     return state
   # Identity branches would be forwarded away by JAX, and XLA copies a parameter returned by a
-  # branch: the taken branch adds a runtime zero (in place), the other returns zeros.
+  # branch: the taken branch adds a runtime zero, the other returns zeros.
   zero = jnp.where(pred, 0, jnp.nan)
 
   def taken(s, z):
@@ -238,17 +242,28 @@ class Probe:
 
   Attributes:
     peak_live: the most cotangent bytes alive at any point (both sides).
-    pairs: per pair term, (bytes of cotangents alive while it is contracted, its einsum).
+    pairs: per pair term: (position, bytes of cotangents alive while it is contracted, the
+      pair of uses, its einsum, the number of its operands that belong to side 1).
+    cuts: positions where the sweep holds no use's cotangent (it can be split there), with
+      the bytes of cotangents alive there.
     cost: FLOPs and bytes written by the transposed equations (pair terms not included).
   """
 
   def __init__(self):
     self.peak_live = 0
-    self.pairs: list[tuple[int, tuple[int, int], pair_lib.Einsum]] = []
+    self.pairs: list[tuple[int, int, tuple[int, int], pair_lib.Einsum, int]] = []
     self.cost = ZERO
+    self.live_at: list[tuple[int, int]] = []  # (position, live bytes) per transposed eqn
+    self.cost_at: list[tuple[int, Any]] = []  # (position, cost) per transposed eqn and side
+    self.cuts: list[tuple[int, int]] = []  # (position, live bytes) where no use is held
 
-  def live(self, nbytes: int) -> None:
+  def live(self, nbytes: int, pos: int = 0) -> None:
     self.peak_live = max(self.peak_live, nbytes)
+    self.live_at.append((pos, nbytes))
+
+  def step(self, pos: int, cost) -> None:
+    self.cost = self.cost + cost
+    self.cost_at.append((pos, cost))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,34 +314,67 @@ def _pair_einsums(program: Program, sides: Sequence, group: Sequence[int], cts: 
   return out
 
 
-def sweep(program: Program, sides: Sequence, cts0: Sequence, spec: SweepSpec,
-          probe: Probe | None = None) -> Array | None:
-  """The kernel block of output `spec.m` for the row blocks whose cotangents are `cts0`.
+class Mode(enum.Enum):
+  """What a sweep does when a group of uses completes."""
+  PAIR = "pair"  # Both sides swept in lockstep; contract each pair term.
+  STASH = "stash"  # Side 1 alone: keep its half of each pair term, H₁ = ct₁ · factors₁.
+  UNSTASH = "unstash"  # Side 2 alone: contract its half with the stashed H₁.
+
+
+@dataclasses.dataclass
+class SweepResult:
+  """kernel: the accumulated kernel block (or None); env: per swept side, the cotangents
+  alive where the sweep stopped; stash: per pair of uses, H₁ and its letters (STASH mode)."""
+  kernel: Array | None
+  env: list[dict]
+  stash: dict
+
+
+def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepSpec,
+          probe: Probe | None = None, *, mode: Mode = Mode.PAIR, start: int = 0,
+          stop: int | None = None, env0: Sequence[dict] | None = None,
+          stash: dict | None = None) -> SweepResult:
+  """Output `spec.m`'s kernel block for the row blocks whose cotangents are `cts0`.
+
+  The sweep visits the equations of g in reverse order (`order = reversed(g_eqns)`); it can
+  run a part of them, `order[start:stop]`, starting from the cotangents `env0` another sweep
+  stopped with. That is how a sweep is split: the late part in lockstep for all rows, the
+  early part (wide activations, few parameters) one side at a time in row blocks, stashing
+  side 1's halves of the pair terms.
 
   Args:
     program: the analyzed program (its structure drives the sweep; each side transposes and
       reads factors from its own program, which has the same structure, and may differ in
       shapes when the whole batch is one "example").
-    sides: `[side1, side2]`, or `[side]` when both inputs are the same (self-pairs); `Side`s,
-      or `AbstractSide`s with a `probe` (planning).
-    cts0: per side, the cotangent of output m: (B, R, *out_shape), R rows (or its shape).
+    sides: PAIR: `[side1, side2]`, or `[side]` when both inputs are the same (self-pairs).
+      STASH: `[side1]`. UNSTASH: `[side1, side2]`, only side 2 is swept (side 1 gives the
+      letters). `Side`s, or `AbstractSide`s with a `probe` (planning).
+    cts0: per swept side, the cotangent of output m, (B, R, *out_shape), when start == 0.
     spec: the block's letters, row shapes and route memory cap.
-    probe: records live bytes and pair terms instead of contracting (abstract sides).
+    probe: records live bytes, cut points and pair terms instead of contracting.
+    mode: see `Mode`.
+    start, stop: the part of the sweep to run.
+    env0: per swept side, the cotangents to start from (when start > 0).
+    stash: UNSTASH: the STASH sweep's `stash` (H₁ for all rows of side 1).
 
   Returns:
-    The kernel block (letters `spec.letters.out`), or None if no use reaches output m.
+    A `SweepResult`.
   """
   jaxpr = program.jaxpr
   m = spec.m
-  n_sides = len(sides)
-  pair_sides = list(sides) if n_sides == 2 else [sides[0], sides[0]]
+  swept = [sides[1]] if mode is Mode.UNSTASH else list(sides)
+  n_sides = len(swept)
+  pair_sides = list(sides) if len(sides) == 2 else [sides[0], sides[0]]
   reach = program.reach[m]
   groups = program.groups(m)
   group_of = {u: g for g, members in enumerate(groups) for u in members}
   remaining = [set(g) for g in groups]
   done: dict[int, list] = {}
-  env: list[dict] = [{} for _ in range(n_sides)]
+  env: list[dict] = [dict(e) for e in env0] if env0 is not None else [{} for _ in swept]
   acc: list = [None]
+  new_stash: dict = {}
+  order = list(reversed(program.g_eqns))
+  stop = len(order) if stop is None else stop
 
   def live_bytes(extra=()) -> int:
     vals = [v for e in env for v in e.values()]
@@ -366,7 +414,11 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence, spec: SweepSpec,
     done.update(zip(done_keys, dvals))
 
   def complete(u: int, cts: list):
-    if n_sides == 1:
+    if mode is Mode.UNSTASH:
+      rows1 = math.prod(spec.row_shape[0])
+      aval = program.cut_aval(program.uses[u])
+      cts = [SDS((pair_sides[0].n_examples, rows1, *aval.shape), aval.dtype), cts[0]]
+    elif n_sides == 1:
       cts = [cts[0], cts[0]]
     done[u] = cts
     g = group_of[u]
@@ -374,9 +426,15 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence, spec: SweepSpec,
     if remaining[g]:
       return
     for ab, e in _pair_einsums(program, pair_sides, groups[g], done, spec):
+      n1 = 1 + len(program.uses[ab[0]].structure.factors)
       if probe is not None:
-        probe.pairs.append((live_bytes(), ab, e))
+        probe.pairs.append((probe_pos[0], live_bytes(), ab, e, n1))
         continue
+      if mode is Mode.STASH:
+        new_stash[ab] = pair_lib.half(e, n1)
+        continue
+      if mode is Mode.UNSTASH:
+        e = pair_lib.with_half(e, n1, stash[ab])
       term = pair_lib.contract(e, pair_lib.route(e, spec.memory_limit))
       acc[0] = term if acc[0] is None else acc[0] + term
     for member in groups[g]:
@@ -387,20 +445,27 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence, spec: SweepSpec,
     env[s][v] = c if v not in env[s] else _add(env[s][v], c)
 
   # A runtime-true predicate for `_materialize` (XLA cannot fold it away).
-  gate = [None if probe is not None else sides[0].gate()]
+  gate = [None if probe is not None else pair_sides[0].gate()]
+  probe_pos = [0]
 
-  out_var = jaxpr.outvars[m]
-  out_site = program.cut_at.get(Site(SiteKind.OUTPUT, m))
-  if out_site is not None and out_site in reach:
-    complete(out_site, list(cts0))
-  elif not C.is_literal(out_var) and out_var in lin_vars:
-    for s in range(n_sides):
-      add_ct(s, out_var, cts0[s])
-  for u, var in invar_of_use.items():
-    if u not in last_consumer:
-      complete(u, [env[s].pop(var, None) for s in range(n_sides)])
+  if start == 0:
+    out_var = jaxpr.outvars[m]
+    out_site = program.cut_at.get(Site(SiteKind.OUTPUT, m))
+    if out_site is not None and out_site in reach:
+      complete(out_site, list(cts0))
+    elif not C.is_literal(out_var) and out_var in lin_vars:
+      for s in range(n_sides):
+        add_ct(s, out_var, cts0[s])
+    for u, var in invar_of_use.items():
+      if u not in last_consumer:
+        complete(u, [env[s].pop(var, None) for s in range(n_sides)])
 
-  for k in reversed(program.g_eqns):
+  for t in range(start, stop):
+    if probe is not None:
+      probe_pos[0] = t
+      if not done:
+        probe.cuts.append((t, live_bytes()))
+    k = order[t]
     eqn = jaxpr.eqns[k]
     site = Site(SiteKind.EQN, k)
     if site in program.cut_at:
@@ -416,14 +481,14 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence, spec: SweepSpec,
     lin_pos = [i for i, v in enumerate(eqn.invars)
                if not C.is_literal(v) and (v in lin_vars or Site(SiteKind.OPERAND, k, i)
                                            in program.cut_at)]
-    new = [sides[s].transpose(sides[s].program.jaxpr.eqns[k], lin_pos, outs[s])
+    new = [swept[s].transpose(swept[s].program.jaxpr.eqns[k], lin_pos, outs[s])
            for s in range(n_sides)]
     if probe is not None:
       for s in range(n_sides):
         lead = next(c for c in outs[s] if c is not None).shape[:2]
-        probe.cost = probe.cost + eqn_cost(eqn) * math.prod(lead)
+        probe.step(t, eqn_cost(eqn) * math.prod(lead))
       probe.live(live_bytes([c for s in range(n_sides) for c in (*outs[s], *new[s])
-                             if c is not None]))
+                             if c is not None]), t)
     operand_uses = []
     for j, i in enumerate(lin_pos):
       op_site = Site(SiteKind.OPERAND, k, i)
@@ -437,4 +502,6 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence, spec: SweepSpec,
         complete(u, cts)
     for u in completes_after.get(k, ()):
       complete(u, [env[s].pop(invar_of_use[u], None) for s in range(n_sides)])
-  return acc[0]
+  if probe is not None and not done:
+    probe.cuts.append((stop, live_bytes()))
+  return SweepResult(acc[0], env, new_stash)
