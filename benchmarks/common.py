@@ -132,7 +132,8 @@ def _block(x):
 # The timer.
 
 def time_fn(fn: Callable, *args, repeats: int = 3, time_budget_s: float | None = None,
-            min_repeats: int = 1, min_time_s: float = 1.0, max_repeats: int = 100) -> dict:
+            min_repeats: int = 1, min_time_s: float = 1.0, max_repeats: int = 100,
+            keep_output: bool = False) -> dict:
   """Compiles `jax.jit(fn)` for `args` and times it.
 
   Sequence: `jax.jit(fn).lower(*args)` (trace + lower, `lower_s`), `.compile()` (`compile_s`
@@ -161,7 +162,8 @@ def time_fn(fn: Callable, *args, repeats: int = 3, time_budget_s: float | None =
 
   Returns:
     A dict of plain floats/ints/strings (JSON-serializable); also `kernel_norm` (float64
-    Frobenius norm over all output leaves) and `kernel_shape` to cross-check implementations.
+    Frobenius norm over all output leaves) and `kernel_shape` to cross-check implementations;
+    with `keep_output`, the last output under "_out" (pop it before emitting).
   """
   import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
@@ -224,6 +226,8 @@ def time_fn(fn: Callable, *args, repeats: int = 3, time_budget_s: float | None =
   leaves = jax.tree_util.tree_leaves(out)
   res["kernel_norm"] = float(np.sqrt(sum(np.sum(np.asarray(l, np.float64) ** 2) for l in leaves)))
   res["kernel_shape"] = [list(np.shape(l)) for l in leaves]
+  if keep_output:
+    res["_out"] = out
   return res
 
 

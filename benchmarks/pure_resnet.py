@@ -37,9 +37,10 @@ ARCHS = {
     # name: (block, stage sizes)
     "rn18": ("basic", (2, 2, 2, 2)),
     "rn50": ("bottleneck", (3, 4, 6, 3)),
+    "rn152": ("bottleneck", (3, 8, 36, 3)),
 }
-ZOO_NAMES = {"rn18": "resnet18", "rn50": "resnet50"}
-DEFAULT_IMAGE_SIZE = {"rn18": 32, "rn50": 224}
+ZOO_NAMES = {"rn18": "resnet18", "rn50": "resnet50", "rn152": "resnet152"}
+DEFAULT_IMAGE_SIZE = {"rn18": 32, "rn50": 224, "rn152": 224}
 EPS = 1e-5
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 

@@ -70,10 +70,20 @@ def choose(problem: Problem, budget: int, engines: dict, verify: bool = False) -
   the budget; if XLA needs more, the plans are redone for a budget scaled down by the
   overshoot (up to `MAX_REPLANS` times).
   """
+  if not verify:
+    return _choose(problem, budget, {}, engines)
+  try:
+    return _verified(problem, budget, engines)
+  except BudgetError as e:
+    raise _checked_budget_error(problem, engines, e) from None
+
+
+def _verified(problem: Problem, budget: int, engines: dict) -> Decision:
+  """`_choose`, with plans near the budget checked against XLA's count and redone."""
   calibration: dict[str, dict[str, float]] = {}
   decision = _choose(problem, budget, calibration, engines)
   for _ in range(MAX_REPLANS):
-    if not verify or decision.plan.peak_bytes <= VERIFY_FRACTION * budget:
+    if decision.plan.peak_bytes <= VERIFY_FRACTION * budget:
       break
     measured = compiled_peak(problem, engines[decision.chosen], decision.plan)
     if measured is None:
@@ -89,6 +99,27 @@ def choose(problem: Problem, budget: int, engines: dict, verify: bool = False) -
     factors[kind] = factors.get(kind, 1.0) * measured / decision.plan.peak_bytes * 1.05
     decision = _choose(problem, budget, calibration, engines)
   return decision
+
+
+def _checked_budget_error(problem: Problem, engines: dict, error: BudgetError) -> BudgetError:
+  """`error`, with the budget it names checked against XLA: the smallest plan is made for
+  that budget and compiled; if XLA needs more (fixed overheads the estimates leave out weigh
+  most on small problems), the budget named is raised until a plan fits XLA's count."""
+  needed = error.needed
+  for _ in range(MAX_REPLANS + 1):
+    try:
+      decision = _verified(problem, needed, engines)
+    except BudgetError as e:
+      needed = max(int(needed * 1.25), e.needed)
+      continue
+    measured = decision.plan.measured_bytes
+    if measured is None or measured <= needed:
+      break
+    needed = int(measured * 1.05)
+  if needed == error.needed:
+    return error
+  msg = str(error).replace(fmt_bytes(error.needed), fmt_bytes(needed))
+  return BudgetError(msg, needed)
 
 
 def compiled_peak(problem: Problem, engine, plan: Plan) -> int | None:

@@ -311,12 +311,15 @@ class SweepEngine:
       if splits:
         peak_s, est_s, blocks_s = min(splits, key=lambda x: x[1].cost)
         return blocks_s, peak_s, est_s
+      # Estimates are scaled by the calibration (XLA's measured overshoot) for the user.
+      scale = calibration.get("blocks", 1.0)
+      needed = peak1 * scale
       raise BudgetError(
           f"{self.name}: no blocking of output {m} fits the memory budget of "
-          f"{fmt_bytes(budget)}: one output direction at a time still needs about "
-          f"{fmt_bytes(peak1)} (the whole output: {fmt_bytes(peak)}). Pass "
-          f"memory_budget >= {fmt_bytes(peak1)}, fewer examples per call, or another "
-          "implementation.", int(math.ceil(peak1)))
+          f"{fmt_bytes(full_budget)}: one output direction at a time still needs about "
+          f"{fmt_bytes(needed)} (the whole output: {fmt_bytes(peak * scale)}). Pass "
+          f"memory_budget >= {fmt_bytes(needed)}, fewer examples per call, or another "
+          "implementation.", int(math.ceil(needed)))
     # Peak is ~affine in the block size: interpolate, then shrink until it fits.
     per_row = max((peak - peak1) / max(size - 1, 1), 1.0)
     b = max(1, min(size - 1, int((budget - peak1) / per_row) + 1))

@@ -149,9 +149,13 @@ def _route(shapes, subscripts, out, memory_limit) -> Route:
   # "optimal" in opt_einsum 3.4 returns paths worse in FLOPs and memory than "dp" when a
   # letter is shared by every operand (diagonal structure): take the best of several.
   best = None
-  for method in ("dp", "greedy", "optimal" if n <= 5 else "branch-2"):
-    path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=method,
-                                          memory_limit=memory_limit)
+  for method, limit in (("dp", memory_limit), ("greedy", memory_limit),
+                        ("optimal" if n <= 5 else "branch-2", memory_limit), ("greedy", None)):
+    try:
+      path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=method,
+                                            memory_limit=limit)
+    except (ValueError, RuntimeError):  # "No contraction found for given `memory_limit`".
+      continue
     r = Route(tuple(tuple(p) for p in path), float(info.opt_cost),
               int(info.largest_intermediate))
     fits = memory_limit is None or r.largest <= memory_limit

@@ -161,8 +161,13 @@ class Side:
     if (eqn.primitive is C.prims.conv_general_dilated_p and 1 in lin_set
         and rows > _tree.MAX_VMAP_ROWS):
       # XLA CPU bug: weight gradients of a conv vmapped over > 64 cotangents come out zero.
+      # Chunks are unrolled (not a `lax.map`: XLA allocates a map's stacked output at the
+      # start of the program, which would hold every weight gradient at once).
       def per_example(c, t):
-        return _tree.map_rows(lambda r: one(c, r), t)
+        step = _tree.MAX_VMAP_ROWS
+        parts = [jax.vmap(one, in_axes=(None, 0))(c, [x[i:i + step] for x in t])
+                 for i in range(0, rows, step)]
+        return [jnp.concatenate(xs) for xs in zip(*parts)]
     else:
       per_example = jax.vmap(one, in_axes=(None, 0))
     fn = jax.vmap(per_example, in_axes=([0 if b else None for b in const_b], 0))
