@@ -3,7 +3,7 @@
 It imports neural_tangents (0.6.5, on JAX 0.4.23) and `benchmarks/common.py` (stdlib, numpy and
 jax only), never ntk_zoo, and writes the same JSONL schema as `fcn.py` with
 `"library": "neural-tangents"`. Build the venv once with
-`bash ../shared/peer/setup_neural_tangents.sh ~/.cache/ntk_zoo/nt-venv`, then either
+`bash benchmarks/peer/setup_neural_tangents.sh ~/.cache/ntk_zoo/nt-venv`, then either
 
     ~/.cache/ntk_zoo/nt-venv/bin/python benchmarks/peer_fcn.py --quick     # the peer alone
     /work/venv/bin/python benchmarks/fcn.py --peer-venv ~/.cache/ntk_zoo/nt-venv   # side by side

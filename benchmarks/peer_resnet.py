@@ -1,6 +1,6 @@
 """neural-tangents' side of `resnet.py`: the same ResNet cells, run inside the peer's venv.
 
-Runs under the neural-tangents venv (`../shared/peer/setup_neural_tangents.sh`: neural-tangents
+Runs under the neural-tangents venv (`benchmarks/peer/setup_neural_tangents.sh`: neural-tangents
 0.6.5 on JAX 0.4.23), one cell per process, started by `resnet.py --peer-venv PATH`. It imports
 only `common`, `pure_resnet` (from this directory) and `neural_tangents`, never ntk_zoo.
 

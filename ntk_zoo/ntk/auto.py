@@ -96,7 +96,14 @@ def _verified(problem: Problem, budget: int, engines: dict) -> Decision:
              fmt_bytes(measured), fmt_bytes(decision.plan.peak_bytes))
     factors = calibration.setdefault(decision.chosen, {})
     kind = decision.plan.kind
-    factors[kind] = factors.get(kind, 1.0) * measured / decision.plan.peak_bytes * 1.05
+    parts = dict(decision.plan.parts)
+    if kind == "split" and "split_extra" not in factors and "blocks" in parts:
+      # The blocked phase overshoots by a roughly constant amount (buffers XLA cannot pack
+      # tightly around the held frontier and stash): add it to that phase's estimate, which
+      # keeps the split (no recomputation) with smaller blocks where one fits.
+      factors["split_extra"] = max(0.0, 1.03 * measured - parts["blocks"])
+    else:
+      factors[kind] = factors.get(kind, 1.0) * measured / decision.plan.peak_bytes * 1.05
     decision = _choose(problem, budget, calibration, engines)
   return decision
 

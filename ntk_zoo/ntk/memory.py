@@ -110,6 +110,8 @@ class Plan:
     note: a human-readable summary (routes taken, why blocked).
     measured_bytes: XLA's peak for this plan (temporaries, arguments and outputs, from the
       compiled kernel's memory analysis), when it was checked.
+    parts: estimated peaks of the plan's phases, e.g. (("lockstep", b), ("blocks", b)) for a
+      split sweep (the verifier uses them to correct the phase that overshoots).
   """
   method: str
   blocks: tuple[tuple[int, ...], ...]
@@ -120,6 +122,7 @@ class Plan:
   kind: str = ""
   note: str = ""
   measured_bytes: int | None = None
+  parts: tuple[tuple[str, float], ...] = ()
 
   def __str__(self) -> str:
     def one(b):

@@ -215,8 +215,10 @@ class SweepEngine:
       keep += [probe, consts, 3 * full, n_sides]
     return consts + peak + 3 * full, per_sweep * n_sweeps
 
-  def _split_plans(self, leaf: Leaf, size: int, budget: int, route_limit: int, keep: list):
-    """Candidate split plans of a leaf: (peak, estimate, blocks), from the full-rows probe."""
+  def _split_plans(self, leaf: Leaf, size: int, budget: int, route_limit: int, keep: list,
+                   extra: float = 0.0):
+    """Candidate split plans of a leaf: (peak, estimate, blocks, parts), from the full-rows
+    probe. `extra`: bytes XLA was measured to need beyond the estimate of the blocked phase."""
     probe, consts, kernel_bytes, n_sides = keep
     if leaf.block_role() is not Role.PAIR or size < 2:
       return []
@@ -245,15 +247,20 @@ class SweepEngine:
       late = [c for c in pair_cost if c[0] >= t]
       stash = sum(c[3] for c in late)
       h_row = max([c[3] for c in late] + [0]) / size
-      fixed = consts + kernel_bytes + f_bytes * (2 if n_sides == 1 else 1) + stash
+      fixed = consts + kernel_bytes + f_bytes * (2 if n_sides == 1 else 1) + stash + extra
       if consts + kernel_bytes + peak_a > budget or fixed + 3 * (per_row + h_row) > budget:
         continue
       b = int(min(size, (budget - fixed) // (per_row + 3 * h_row)))
       if b < 1:
         continue
-      n = -(-size // b)
-      b = -(-size // n)
-      peak = max(consts + kernel_bytes + peak_a, fixed + b * (per_row + 3 * h_row))
+      n, b = _split_blocks(size, b)
+      # Rows padded up to n·b: XLA pads the held frontier once, a copy of it.
+      pad_copy = f_bytes if n * b != size else 0
+      peak_lockstep = consts + kernel_bytes + peak_a
+      peak_blocks = fixed + pad_copy + b * (per_row + 3 * h_row)
+      peak = max(peak_lockstep, peak_blocks)
+      if peak > budget:
+        continue
       est = Estimate(0.0, 0.0)
       for pos, c in probe.cost_at:
         est = est + c * (1 if pos < t or n_sides == 2 else 2)
@@ -262,7 +269,8 @@ class SweepEngine:
           est = est + Estimate(r.flops, r.largest * itemsize)
         else:
           est = est + Estimate(2 * r_half.flops + r_rest.flops, 2 * h_bytes)
-      plans.append((peak, est, _Blocks(leaf.block_axis, b, n, t)))
+      plans.append((peak, est, _Blocks(leaf.block_axis, b, n, t),
+                    (("lockstep", peak_lockstep), ("blocks", peak_blocks))))
     return plans
 
   def plan(self, problem: Problem, budget: int, calibration: dict[str, float] | None = None,
@@ -270,15 +278,18 @@ class SweepEngine:
     """The cheapest blocking of every output leaf that fits `budget`.
 
     `calibration`: per plan kind ("blocks", "split"), the factor by which XLA's measured peak
-    exceeded the estimate for a plan of that kind; estimates are scaled by it.
+    exceeded the estimate for a plan of that kind (estimates are scaled by it), and
+    "split_extra": bytes added to the estimate of a split sweep's blocked phase.
     """
     prep = prep or self.prepare(problem)
     calibration = calibration or {}
     route_limit = max(1, int(ROUTE_FRACTION * budget) // 4)
-    blocks_all, total, peak_all, notes = [], Estimate(0.0, 0.0), 0.0, []
+    blocks_all, total, peak_all, notes, parts = [], Estimate(0.0, 0.0), 0.0, [], ()
     for m, leaf in enumerate(prep.leaves):
-      blocks, peak, est = self._plan_leaf(prep, problem, m, leaf, budget, route_limit,
-                                          calibration)
+      blocks, peak, est, leaf_parts = self._plan_leaf(prep, problem, m, leaf, budget,
+                                                      route_limit, calibration)
+      if peak >= peak_all:
+        parts = leaf_parts
       blocks_all.append((-1 if blocks.axis is None else blocks.axis, blocks.size, blocks.n,
                          blocks.split))
       total = total + est
@@ -291,7 +302,7 @@ class SweepEngine:
         notes.append(f"output {m}: {blocks.n} blocks of {blocks.size} directions")
     kind = "split" if any(b[3] for b in blocks_all) else "blocks"
     return Plan(self.name, tuple(blocks_all), peak_all, total.flops, total.bytes, budget, kind,
-                "; ".join(notes))
+                "; ".join(notes), parts=parts)
 
   def _plan_leaf(self, prep, problem, m, leaf: Leaf, budget: int, route_limit: int,
                  calibration: dict[str, float]):
@@ -302,15 +313,14 @@ class SweepEngine:
     keep: list = []
     peak, est = self._estimate(prep, problem, m, whole, route_limit, keep)
     if peak <= budget:
-      return whole, peak, est
+      return whole, peak, est, ()
     splits = self._split_plans(leaf, size, int(full_budget / calibration.get("split", 1.0)),
-                               route_limit, keep)
+                               route_limit, keep, calibration.get("split_extra", 0.0))
     smallest = _Blocks(leaf.block_axis, 1, size)
     peak1, _ = self._estimate(prep, problem, m, smallest, route_limit)
     if peak1 > budget or size == 1:
       if splits:
-        peak_s, est_s, blocks_s = min(splits, key=lambda x: x[1].cost)
-        return blocks_s, peak_s, est_s
+        return _best_split(splits)
       # Estimates are scaled by the calibration (XLA's measured overshoot) for the user.
       scale = calibration.get("blocks", 1.0)
       needed = peak1 * scale
@@ -331,10 +341,10 @@ class SweepEngine:
         break
       b = max(1, int(blocks.size * 0.85))
     if splits:
-      peak_s, est_s, blocks_s = min(splits, key=lambda x: x[1].cost)
-      if est_s.cost < e.cost:
-        return blocks_s, peak_s, est_s
-    return blocks, p, e
+      best = _best_split(splits)
+      if best[2].cost < e.cost:
+        return best
+    return blocks, p, e, ()
 
   # -- computing --------------------------------------------------------------------------
 
@@ -388,6 +398,29 @@ class SweepEngine:
     if blocks.n == 1:
       return block(0, 0)
     return _assemble(block, blocks, leaf, problem.symmetric, self._full_shape(prep, problem, m))
+
+
+def _split_blocks(size: int, b_max: int) -> tuple[int, int]:
+  """(n, b): n blocks of b ≤ b_max rows covering `size`, exactly (n·b = size) if a divisor
+  of `size` gives at most twice the fewest blocks (padding makes XLA copy the frontier)."""
+  n_min = -(-size // b_max)
+  for n in range(n_min, 2 * n_min + 1):
+    if size % n == 0:
+      return n, size // n
+  return n_min, -(-size // n_min)
+
+
+# Split plans whose estimated costs are within this fraction of the cheapest count as equal:
+# among them the one with the fewest (largest) blocks runs best (larger batched operations).
+SPLIT_COST_TOLERANCE = 0.03
+
+
+def _best_split(splits):
+  """The split plan to run: near-cheapest, then fewest blocks, then lowest peak."""
+  cheapest = min(c[1].cost for c in splits)
+  near = [c for c in splits if c[1].cost <= cheapest * (1 + SPLIT_COST_TOLERANCE)]
+  peak, est, blocks, parts = min(near, key=lambda c: (c[2].n, c[0]))
+  return blocks, peak, est, parts
 
 
 def _assemble(block, blocks: _Blocks, leaf: Leaf, symmetric: bool, full_shape) -> jax.Array:
@@ -468,13 +501,9 @@ def _split_kernel(program: Program, sides, leaf: Leaf, blocks: _Blocks,
 
   _, h_blocks = jax.lax.scan(stash_step, None, jnp.arange(n))
   row_letter = spec.letters.rows[0][a]
-  stash = {}
-  for ab, val in h_blocks.items():  # (n, *h) with the block axis of size b -> full rows.
-    h = letters_of[ab]
-    ax = 1 + h.index(row_letter)
-    val = jnp.moveaxis(val, 0, ax - 1)
-    val = val.reshape((*val.shape[:ax - 1], n * b, *val.shape[ax + 1:]))
-    stash[ab] = (jax.lax.slice_in_dim(val, 0, size, axis=ax - 1), h)
+  # H₁ stays stacked by block, (n, *h): reassembling it would copy the whole stash.
+  stash = {ab: pair_lib.StackedHalf(val, letters_of[ab], row_letter, size)
+           for ab, val in h_blocks.items()}
 
   spec_un = dataclasses.replace(spec, row_shape=(full_rows[0], block_shape[1]))
   pos = result_position(leaf.roles, leaf.full_axis(a)) + 1

@@ -190,7 +190,39 @@ def half(e: Einsum, n1: int) -> tuple[Array, tuple[int, ...]]:
   return contract(part, route(part, None)), h
 
 
-def with_half(e: Einsum, n1: int, h1: tuple[Array, tuple[int, ...]]) -> Einsum:
-  """The pair term with side 1's operands replaced by their stashed contraction."""
-  value, letters = h1
-  return Einsum((value, *e.operands[n1:]), (letters, *e.subscripts[n1:]), e.out)
+@dataclasses.dataclass(frozen=True)
+class StackedHalf:
+  """Side 1's half H₁ of a pair term, computed in `n` row blocks and kept stacked.
+
+  `value` is (n, *h) where h's axis for the row letter `row` has the block size b; the
+  blocks cover the `size` rows (n·b ≥ size). Kept stacked, the blocks never need to be
+  copied into one array: the pair term contracts with the block axis as a letter of its own,
+  and its result is reshaped (free) to the full rows.
+  """
+  value: Array
+  letters: tuple[int, ...]
+  row: int
+  size: int
+
+
+def with_half(e: Einsum, n1: int, h1: StackedHalf):
+  """The pair term with side 1's operands replaced by their stashed contraction.
+
+  Returns (einsum, finish): `finish(contract(einsum, ...))` is the pair term.
+  """
+  n_blocks, b = h1.value.shape[0], h1.value.shape[1 + h1.letters.index(h1.row)]
+  used = {l for sub in e.subscripts for l in sub} | set(e.out) | set(h1.letters)
+  l_blk, l_in = max(used) + 1, max(used) + 2
+  letters = (l_blk, *(l_in if l == h1.row else l for l in h1.letters))
+  out = []
+  for l in e.out:
+    out += [l_blk, l_in] if l == h1.row else [l]
+  pos = e.out.index(h1.row)
+
+  def finish(term):
+    shape = term.shape[:pos] + (n_blocks * b,) + term.shape[pos + 2:]
+    term = term.reshape(shape)
+    return term if n_blocks * b == h1.size else jax.lax.slice_in_dim(term, 0, h1.size,
+                                                                     axis=pos)
+
+  return Einsum((h1.value, *e.operands[n1:]), (letters, *e.subscripts[n1:]), tuple(out)), finish

@@ -33,7 +33,7 @@ from ntk_zoo.ntk import _tree
 from ntk_zoo.ntk.cost import ZERO, eqn_cost
 from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.structured import pair as pair_lib
-from ntk_zoo.ntk.structured.rewrites import TRANSPOSES
+from ntk_zoo.ntk.structured.rewrites import TRANSPOSES, conv_rhs_transpose_ok
 from ntk_zoo.ntk.structured.program import PairStatus, Program, Site, SiteKind, pair_status
 
 Array = Any
@@ -159,7 +159,7 @@ class Side:
 
     rows = cts[present[0]].shape[1]
     if (eqn.primitive is C.prims.conv_general_dilated_p and 1 in lin_set
-        and rows > _tree.MAX_VMAP_ROWS):
+        and rows > _tree.MAX_VMAP_ROWS and (0 in lin_set or not conv_rhs_transpose_ok(eqn))):
       # XLA CPU bug: weight gradients of a conv vmapped over > 64 cotangents come out zero.
       # Chunks are unrolled (not a `lax.map`: XLA allocates a map's stacked output at the
       # start of the program, which would hold every weight gradient at once).
@@ -405,18 +405,29 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
   for u, k in last_consumer.items():
     completes_after.setdefault(k, []).append(u)
 
+  pinned: dict[int, Any] = {}  # id -> value already passed through a barrier.
+
   def barrier():
+    """Pins the values created since the last barrier (those already pinned are buffers)."""
     if not spec.barrier or probe is not None:
       return
-    keys = [list(e) for e in env]
-    done_keys = list(done)
-    state = (acc[0], [[e[k] for k in ks] for e, ks in zip(env, keys)],
-             [done[u] for u in done_keys])
-    a, vals, dvals = _materialize(state, gate[0])
-    acc[0] = a
-    for e, ks, vs in zip(env, keys, vals):
-      e.update(zip(ks, vs))
-    done.update(zip(done_keys, dvals))
+    slots = []  # (getter, setter) of each unpinned value of the state.
+    if acc[0] is not None and id(acc[0]) not in pinned:
+      slots.append((acc, 0))
+    for e in env:
+      slots += [(e, k) for k, v in e.items() if id(v) not in pinned]
+    for cts in done.values():
+      slots += [(cts, i) for i, c in enumerate(cts) if c is not None and id(c) not in pinned]
+    values = list(dict.fromkeys(id(box[k]) for box, k in slots))
+    if not values:
+      return
+    by_id = {id(box[k]): box[k] for box, k in slots}
+    new_vals = _materialize([by_id[i] for i in values], gate[0])
+    new_of = dict(zip(values, new_vals))
+    for box, k in slots:
+      box[k] = new_of[id(box[k])]
+    for v in new_vals:
+      pinned[id(v)] = v
 
   def complete(u: int, cts: list):
     if mode is Mode.UNSTASH:
@@ -438,9 +449,12 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
       if mode is Mode.STASH:
         new_stash[ab] = pair_lib.half(e, n1)
         continue
+      finish = None
       if mode is Mode.UNSTASH:
-        e = pair_lib.with_half(e, n1, stash[ab])
+        e, finish = pair_lib.with_half(e, n1, stash[ab])
       term = pair_lib.contract(e, pair_lib.route(e, spec.memory_limit))
+      if finish is not None:
+        term = finish(term)
       acc[0] = term if acc[0] is None else acc[0] + term
     for member in groups[g]:
       done.pop(member, None)
