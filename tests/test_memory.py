@@ -214,3 +214,14 @@ def test_ntk_fn_rejects_bad_budget_at_creation():
 def test_default_budget_is_a_fraction_of_free_memory():
   budget = memory.default_budget()
   assert 0 < budget <= memory._available_host_bytes()  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("size, b_max, expected", [
+    (1000, 167, (8, 125)),   # 6 blocks of 167 would pad to 1002 rows: 8 of 125 divide 1000.
+    (1000, 500, (2, 500)), (1000, 1000, (1, 1000)), (12, 5, (3, 4)),
+    (13, 5, (3, 5)),         # 13 is prime: no exact division within 2x the fewest blocks.
+    (7, 1, (7, 1))])
+def test_split_blocks_divide_the_rows_when_they_can(size, b_max, expected):
+  n, b = sweep_engine._split_blocks(size, b_max)  # pylint: disable=protected-access
+  assert (n, b) == expected
+  assert b <= b_max and n * b >= size

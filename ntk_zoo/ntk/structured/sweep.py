@@ -408,26 +408,22 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
   pinned: dict[int, Any] = {}  # id -> value already passed through a barrier.
 
   def barrier():
-    """Pins the values created since the last barrier (those already pinned are buffers)."""
+    """Pins the values created since the last barrier: those pinned before are buffers
+    already (a cond's outputs), and passing them again would copy them at every barrier."""
     if not spec.barrier or probe is not None:
       return
-    slots = []  # (getter, setter) of each unpinned value of the state.
-    if acc[0] is not None and id(acc[0]) not in pinned:
-      slots.append((acc, 0))
+    slots = [(acc, 0)] if acc[0] is not None else []  # (container, key) of each value.
     for e in env:
-      slots += [(e, k) for k, v in e.items() if id(v) not in pinned]
+      slots += [(e, k) for k in e]
     for cts in done.values():
-      slots += [(cts, i) for i, c in enumerate(cts) if c is not None and id(c) not in pinned]
-    values = list(dict.fromkeys(id(box[k]) for box, k in slots))
-    if not values:
+      slots += [(cts, i) for i, c in enumerate(cts) if c is not None]
+    fresh = {id(box[k]): box[k] for box, k in slots if id(box[k]) not in pinned}
+    if not fresh:
       return
-    by_id = {id(box[k]): box[k] for box, k in slots}
-    new_vals = _materialize([by_id[i] for i in values], gate[0])
-    new_of = dict(zip(values, new_vals))
+    pinned_now = dict(zip(fresh, _materialize(list(fresh.values()), gate[0])))
     for box, k in slots:
-      box[k] = new_of[id(box[k])]
-    for v in new_vals:
-      pinned[id(v)] = v
+      box[k] = pinned_now.get(id(box[k]), box[k])
+    pinned.update((id(v), v) for v in pinned_now.values())
 
   def complete(u: int, cts: list):
     if mode is Mode.UNSTASH:
