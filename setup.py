@@ -23,6 +23,5 @@ setup(
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17",
                  "torch==2.13.0"],
         "data": ["tensorflow-datasets==4.9.10"],
-        "plot": ["matplotlib"],
     },
 )
