@@ -19,6 +19,7 @@ setup(
     packages=find_packages(include=["ntk_zoo", "ntk_zoo.*"]),
     python_requires=">=3.11",
     install_requires=install_requires,
+    entry_points={"console_scripts": ["ntk-zoo = ntk_zoo.cli:main"]},
     extras_require={
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17",
                  "torch==2.13.0"],

@@ -1,0 +1,532 @@
+"""`ntk-zoo`: the command line (`python -m ntk_zoo` is the same command).
+
+    ntk-zoo                               # = ntk-zoo ntk: full NTK of resnet18 on 4 bundled photos
+    ntk-zoo ntk --model vit_tiny --images photos/ --n 8 --out results/
+    ntk-zoo ntk --model resnet50 --checkpoint resnet50.safetensors --image-size 224
+    ntk-zoo reproduce --list
+    ntk-zoo reproduce fig1 --full
+
+Each subcommand is one `add_<name>(subparsers)` function listed in `COMMANDS`: it adds its
+parser and sets `run` to a function of the parsed arguments. Bad input ends in one line on
+stderr (`ntk-zoo: error: ...`), exit status 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+PROG = "ntk-zoo"
+DEFAULT_MODEL = "resnet18"
+DEFAULT_N = 4
+DEFAULT_IMAGE_SIZE = 64
+DEFAULT_NUM_CLASSES = 10
+DEFAULT_OUT = pathlib.Path("ntk_zoo_out")
+IMPLEMENTATIONS = ("auto", "jacobian_contraction", "ntk_vector_products",
+                   "structured_derivatives")
+EXPERIMENTS_ENV = "NTK_ZOO_EXPERIMENTS"
+# Suffixes of pickled (torch) checkpoints, which are never unpickled.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+
+
+DESCRIPTION = """Finite-width empirical NTKs of the model zoo. With no command, runs `ntk`.
+
+examples:
+  ntk-zoo                               # full NTK of resnet18 on 4 bundled photos
+  ntk-zoo ntk --model vit_tiny --images photos/ --n 8 --out results/
+  ntk-zoo ntk --model resnet50 --checkpoint resnet50.safetensors --image-size 224
+  ntk-zoo reproduce --list"""
+
+
+class UsageError(Exception):
+  """Bad input from the user: reported as one line, exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line `argv` (default: `sys.argv[1:]`); with no subcommand, `ntk`.
+
+  Returns:
+    0 on success. Bad input raises `SystemExit(2)` after one line on stderr.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = build_parser()
+  if not argv or argv[0] not in (*parser.commands, "-h", "--help", "--version"):
+    argv = ["ntk", *argv]
+  args = parser.parse_args(argv)
+  try:
+    args.run(args)
+  except UsageError as e:
+    _fail(str(e))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  import ntk_zoo  # pylint: disable=g-import-not-at-top
+  parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=_models_epilog(),
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--version", action="version", version=f"ntk_zoo {ntk_zoo.__version__}")
+  subparsers = parser.add_subparsers(title="commands", metavar="COMMAND",
+                                     parser_class=_Parser)
+  for add in COMMANDS:
+    add(subparsers)
+  parser.commands = tuple(subparsers.choices)
+  return parser
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse, with errors as one line instead of the usage block."""
+
+  def error(self, message: str):
+    _fail(f"{message} (see {self.prog} --help)")
+
+
+def _fail(message: str):
+  print(f"{PROG}: error: {message}", file=sys.stderr)
+  raise SystemExit(2)
+
+
+def _models_epilog() -> str:
+  import ntk_zoo  # pylint: disable=g-import-not-at-top
+  models = textwrap.fill(", ".join(ntk_zoo.models.list()), 92, initial_indent="  ",
+                         subsequent_indent="  ")
+  return (f"models (ntk_zoo.models.list()):\n{models}\n"
+          f"implementations:\n  {', '.join(IMPLEMENTATIONS)} (aliases jc, vp, sd)")
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+  return value
+
+
+# ---------------------------------------------------------------------------------------------
+# ntk-zoo ntk
+
+
+def add_ntk(subparsers) -> None:
+  p = subparsers.add_parser(
+      "ntk", help="full NTK of a zoo model on images (the default command)",
+      description=textwrap.fill(
+          "The full N·O × N·O empirical NTK of a zoo model on images: prints the method and "
+          "blocking chosen, the time (first call incl. compile, and warm), the shape, the top "
+          "and bottom eigenvalues and the condition number; writes DIR/ntk.npz (kernel, "
+          "eigenvalues, image names), DIR/summary.json and DIR/spectrum.png. With no "
+          f"arguments: {DEFAULT_MODEL}, random init, {DEFAULT_NUM_CLASSES} logits, on "
+          f"{DEFAULT_N} photographs bundled with scikit-image at {DEFAULT_IMAGE_SIZE}x"
+          f"{DEFAULT_IMAGE_SIZE} (nothing is downloaded).", 92),
+      epilog=_models_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
+                 help=f"zoo model (default {DEFAULT_MODEL}; names below)")
+  p.add_argument("--checkpoint", type=pathlib.Path, metavar="FILE",
+                 help="weights to load: torchvision/timm .safetensors (resnet, vit, mixer), "
+                      "vit_jax/big_vision .npz (vit, mixer), Flax msgpack file or Orbax "
+                      "directory (any model); default: random init")
+  p.add_argument("--images", nargs="+", metavar="PATH",
+                 help="image files or directories of them (PNG, JPEG, ...); default: the "
+                      "photographs bundled with scikit-image")
+  p.add_argument("--n", type=_positive_int, metavar="N",
+                 help=f"number of images (default: {DEFAULT_N} bundled photos, or every "
+                      "image given)")
+  p.add_argument("--image-size", type=_positive_int, metavar="S",
+                 help=f"input side; images are center-cropped and resized (default "
+                      f"{DEFAULT_IMAGE_SIZE}; with --checkpoint, the architecture's own)")
+  p.add_argument("--num-classes", type=_positive_int, metavar="O",
+                 help=f"logits O (default {DEFAULT_NUM_CLASSES}; with --checkpoint, the "
+                      "file's head, or the architecture's default for msgpack/Orbax)")
+  p.add_argument("--implementation", default="auto", metavar="IMPL",
+                 help=f"one of {', '.join(IMPLEMENTATIONS)} (default auto)")
+  p.add_argument("--memory-budget", metavar="SIZE",
+                 help="peak memory the kernel may use, e.g. 8GB or 512MiB (default: 60%% of "
+                      "free RAM; 85%% of free accelerator memory)")
+  p.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, metavar="DIR",
+                 help=f"output directory (default ./{DEFAULT_OUT})")
+  p.set_defaults(run=run_ntk)
+
+
+def run_ntk(args: argparse.Namespace) -> dict[str, Any]:
+  """`ntk-zoo ntk`: computes, prints and writes the NTK; returns the summary."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ntk_zoo  # pylint: disable=g-import-not-at-top
+  from ntk_zoo import images as images_lib  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.ntk import api, memory  # pylint: disable=g-import-not-at-top
+
+  name = args.model.lower()
+  if name not in ntk_zoo.models.list():
+    raise UsageError(f"unknown model {args.model!r}; valid: {', '.join(ntk_zoo.models.list())}")
+  try:
+    implementation = api.canonicalize_implementation(args.implementation).value
+    budget = memory.parse_budget(args.memory_budget)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  image_size = args.image_size or (None if args.checkpoint else DEFAULT_IMAGE_SIZE)
+  _check_image_size(name, image_size)
+  _check_writable(args.out)
+
+  model = _build_model(name, args.checkpoint, args.num_classes, image_size)
+  x, names = _images(args, model.input_spec.shape, images_lib)
+  weights = f"weights {args.checkpoint}" if args.checkpoint else "random init"
+  shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+  print(f"model: {model.name} ({model.num_params:,} params, {weights}), {model.num_classes} "
+        f"logits; {len(names)} images {tuple(x.shape[1:])}: {shown}")
+
+  kernel_fn = ntk_zoo.ntk_fn(model.apply, implementation=implementation, trace_axes=(),
+                             vmap_axes=0, memory_budget=budget)
+  kernel = jax.jit(lambda x, p: kernel_fn(x, None, p))
+  x = model.input_spec.preprocess(x)
+  print("computing the full NTK (first call: trace, plan, compile, run) ...", flush=True)
+  try:
+    t0 = time.perf_counter()
+    theta = kernel(x, model.params).block_until_ready()
+    first = time.perf_counter() - t0
+  except memory.BudgetError as e:
+    raise UsageError(_one_line(str(e))) from None
+  t0 = time.perf_counter()
+  theta = kernel(x, model.params).block_until_ready()
+  warm = time.perf_counter() - t0
+  decision = kernel_fn.last_decision
+  print(f"method: {decision.chosen}" + (" (auto: cheapest plan that fits)"
+                                        if implementation == "auto" else ""))
+  print(f"plan: {decision.plan}")
+  for other, plan in decision.plans.items():
+    if other != decision.chosen:
+      print(f"  vs {other}: {plan if isinstance(plan, str) else _cost(plan)}")
+  print(f"time: first call {first:.2f} s (incl. trace and compile), warm {warm:.3g} s")
+
+  theta = np.asarray(theta)
+  eig = spectrum(theta)
+  cond = condition_number(eig)
+  n, o = theta.shape[0], theta.shape[2]
+  print(f"NTK: shape {theta.shape} = {n * o} x {n * o}, {theta.dtype}")
+  print(f"eigenvalues: top {_fmt(eig[::-1][:5])}; bottom {_fmt(eig[:5])}")
+  print(f"condition number: {cond:.4g}" + ("" if np.isfinite(cond) else
+                                           " (the smallest eigenvalue is <= 0)"))
+
+  summary = {
+      "model": model.name, "num_params": model.num_params, "num_classes": model.num_classes,
+      "checkpoint": os.fspath(args.checkpoint) if args.checkpoint else None,
+      "images": names, "input_shape": list(x.shape), "kernel_shape": list(theta.shape),
+      "implementation": implementation, "method": decision.chosen,
+      "plan": _plan_record(decision.plan),
+      "alternatives": {k: v if isinstance(v, str) else _plan_record(v)
+                       for k, v in decision.plans.items() if k != decision.chosen},
+      "time_first_call_s": first, "time_warm_s": warm,
+      "eigenvalue_max": float(eig[-1]), "eigenvalue_min": float(eig[0]),
+      "condition_number": float(cond) if np.isfinite(cond) else None,
+      "trace": float(eig.sum()), "device": str(jax.devices()[0]), "jax": jax.__version__,
+  }
+  _write_outputs(args.out, {
+      "ntk.npz": lambda p: np.savez(p, kernel=theta, eigenvalues=eig, images=np.asarray(names)),
+      "summary.json": lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"),
+      "spectrum.png": lambda p: _plot_spectrum(p, eig, f"{model.name}: full NTK on {n} images, "
+                                                       f"{n * o} x {n * o}, κ = {cond:.4g}"),
+  })
+  print(f"wrote {args.out / 'ntk.npz'}, summary.json, spectrum.png")
+  return summary
+
+
+def spectrum(theta: np.ndarray) -> np.ndarray:
+  """Ascending float64 eigenvalues of a full NTK (N, N, O, O) as its N·O × N·O matrix."""
+  n, o = theta.shape[0], theta.shape[2]
+  mat = np.asarray(theta, np.float64).transpose(0, 2, 1, 3).reshape(n * o, n * o)
+  if n * o > 2000:
+    print(f"eigendecomposition of the {n * o} x {n * o} matrix ...", flush=True)
+  return np.linalg.eigvalsh((mat + mat.T) / 2)
+
+
+def condition_number(eig: np.ndarray) -> float:
+  """λmax / λmin of ascending eigenvalues; inf when λmin <= 0."""
+  return float(eig[-1] / eig[0]) if eig[0] > 0 else float("inf")
+
+
+def _fmt(values: np.ndarray) -> str:
+  return " ".join(f"{v:.4g}" for v in values)
+
+
+def _cost(plan) -> str:
+  from ntk_zoo.ntk.memory import fmt_bytes  # pylint: disable=g-import-not-at-top
+  return f"est. {plan.flops:.3g} FLOPs, peak {fmt_bytes(plan.peak_bytes)}"
+
+
+def _plan_record(plan) -> dict[str, Any]:
+  record = dataclasses.asdict(plan)
+  record["summary"] = str(plan)
+  return record
+
+
+_PATCH_MODEL = re.compile(r"(vit|mixer)_(ti|s|b|l)(\d+)|(vit|mixer)_tiny")
+_WIDTHS = {"ti": "Ti", "s": "S", "b": "B", "l": "L"}
+
+
+def _family(name: str) -> tuple[str, str | None]:
+  """("resnet" | "vit" | "mixer" | "other", variant such as "B/16" for vit/mixer)."""
+  from ntk_zoo.models import resnet  # pylint: disable=g-import-not-at-top
+  if name in resnet.VARIANTS:
+    return "resnet", None
+  m = _PATCH_MODEL.fullmatch(name)
+  if m is None:
+    return "other", None
+  if m[4]:
+    return m[4], "tiny/4"
+  return m[1], f"{_WIDTHS[m[2]]}/{m[3]}"
+
+
+def _check_image_size(name: str, image_size: int | None) -> None:
+  """Patch models need at least one patch (the models accept smaller images silently)."""
+  family, variant = _family(name)
+  if image_size is None or family not in ("vit", "mixer"):
+    return
+  from ntk_zoo.models import mixer, vit  # pylint: disable=g-import-not-at-top
+  patch = (vit if family == "vit" else mixer).decode_variant(variant).patch_size
+  if image_size < patch:
+    raise UsageError(f"--image-size {image_size} is too small for {name}: its patches are "
+                     f"{patch}x{patch}, so images need a side >= {patch} (a multiple of {patch} "
+                     "uses every pixel)")
+
+
+def _build_model(name: str, checkpoint: pathlib.Path | None, num_classes: int | None,
+                 image_size: int | None):
+  """The zoo model `name`, randomly initialized or with `checkpoint`'s weights."""
+  import ntk_zoo  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models import flax_checkpoints, mixer, resnet, vit  # pylint: disable=g-import-not-at-top
+  if checkpoint is None:
+    try:
+      return ntk_zoo.models.get(name, num_classes=num_classes or DEFAULT_NUM_CLASSES,
+                                image_size=image_size)
+    except (ValueError, TypeError) as e:
+      raise UsageError(f"cannot build {name}: {_one_line(str(e))}") from None
+  if not checkpoint.exists():
+    raise UsageError(f"checkpoint {checkpoint}: no such file or directory")
+  suffix = checkpoint.suffix.lower()
+  if suffix in PICKLE_SUFFIXES:
+    raise UsageError(f"checkpoint {checkpoint} is a pickle, which ntk_zoo never unpickles: "
+                     "save it as .safetensors (safetensors.torch.save_file)")
+  family, variant = _family(name)
+  kw = {k: v for k, v in (("num_classes", num_classes), ("image_size", image_size)) if v}
+  loaders: dict[tuple[str, str], Callable] = {
+      ("resnet", ".safetensors"): lambda: resnet.load_torchvision(checkpoint, arch=name, **kw),
+      ("vit", ".safetensors"): lambda: vit.load_timm(checkpoint, variant=variant, **kw),
+      ("vit", ".npz"): lambda: vit.load_npz(checkpoint, variant=variant, **kw),
+      ("mixer", ".safetensors"): lambda: mixer.load_timm(checkpoint, variant=variant, **kw),
+      ("mixer", ".npz"): lambda: mixer.load_npz(checkpoint, variant=variant, **kw),
+  }
+  load = loaders.get((family, suffix))
+  if load is None and suffix in (".safetensors", ".npz"):
+    raise UsageError(f"no {suffix} loader for {name}: use a Flax msgpack file or Orbax "
+                     f"directory (ntk_zoo.models.flax_checkpoints.save)")
+  if load is None:
+    load = lambda: flax_checkpoints.load_into(ntk_zoo.models.get(name, **kw), checkpoint)  # noqa: E731
+  try:
+    return load()
+  except Exception as e:  # pylint: disable=broad-except  (any failure here is the file's)
+    raise UsageError(f"checkpoint {checkpoint} does not fit {name}: {_one_line(str(e))}") from None
+
+
+def _images(args: argparse.Namespace, shape: tuple[int, ...], images_lib):
+  """(n, *shape) float32 images in [0, 1] and their names, from --images or the bundled photos."""
+  size, channels = shape[:2], shape[2]
+  try:
+    if not args.images:
+      return images_lib.sample_photos(args.n or DEFAULT_N, size, channels, progress=True)
+    files = images_lib.image_files(args.images)
+    if args.n and args.n > len(files):
+      raise UsageError(f"--n {args.n}, but only {len(files)} images in {' '.join(args.images)}")
+    files = files[:args.n] if args.n else files
+    return images_lib.load_images(files, size, channels, progress=True), [f.name for f in files]
+  except (ValueError, OSError) as e:
+    raise UsageError(str(e)) from None
+
+
+def _one_line(message: str) -> str:
+  """A multi-line message (e.g. a CheckpointMismatchError's key lists) on one line."""
+  parts: list[str] = []
+  for line in message.splitlines():
+    text = line.strip()
+    if not text:
+      continue
+    if parts and line.startswith("    "):  # an item under a heading
+      parts[-1] += (" " if parts[-1].endswith(":") else ", ") + text
+    else:
+      parts.append(text)
+  return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output files: checked before the work, written to a temporary directory, then renamed.
+
+
+def _check_writable(out: pathlib.Path) -> None:
+  """Raises UsageError unless `out` is, or can be created as, a writable directory."""
+  existing = out
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  if not existing.is_dir():
+    raise UsageError(f"output directory {out} is not writable: {existing} is not a directory")
+  try:
+    tempfile.TemporaryDirectory(dir=existing).cleanup()
+  except OSError as e:
+    raise UsageError(f"output directory {out} is not writable: {e.strerror or e}") from None
+
+
+def _write_outputs(out: pathlib.Path, writers: dict[str, Callable[[pathlib.Path], Any]]) -> None:
+  """Writes every file of `writers` ({name: write(path)}) into `out`, or none of them."""
+  created = not out.exists()
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ntk_zoo-", dir=out) as tmp:
+      for name, write in writers.items():
+        write(pathlib.Path(tmp) / name)
+      for name in writers:
+        os.replace(pathlib.Path(tmp) / name, out / name)
+  except OSError as e:
+    if created and out.is_dir() and not any(out.iterdir()):
+      out.rmdir()
+    raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
+
+
+def _plot_spectrum(path: pathlib.Path, eig: np.ndarray, title: str) -> None:
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (no pyplot: Agg)
+  fig = Figure(figsize=(6, 4), layout="constrained")
+  ax = fig.subplots()
+  desc = eig[::-1]
+  positive = desc > 0
+  ax.semilogy(np.arange(1, len(desc) + 1)[positive], desc[positive], ".-", ms=3)
+  ax.set(xlabel="index (descending)", ylabel="eigenvalue", title=title)
+  ax.grid(True, which="both", alpha=0.3)
+  fig.savefig(path, format="png", dpi=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# ntk-zoo reproduce
+
+
+def add_reproduce(subparsers) -> None:
+  p = subparsers.add_parser(
+      "reproduce", help="run one experiment of experiments/ (a figure or study)",
+      description=(
+          "Runs experiments/<FIGURE>.py: get_config(full) then run(config, out_dir). CPU-sized "
+          "by default, --full for the paper's sizes. The experiments live in the repository "
+          f"checkout (an editable install), or in --experiments-dir / ${EXPERIMENTS_ENV}."))
+  p.add_argument("figure", nargs="?", metavar="FIGURE", help="experiment name (see --list)")
+  p.add_argument("--list", action="store_true", help="list the experiments and exit")
+  p.add_argument("--full", action="store_true", help="the paper's sizes (default: CPU-sized)")
+  p.add_argument("--out", type=pathlib.Path, metavar="DIR",
+                 help="output directory (default: experiments/out/FIGURE)")
+  p.add_argument("--experiments-dir", type=pathlib.Path, metavar="DIR",
+                 help=f"where the experiments are (default: ${EXPERIMENTS_ENV}, else the "
+                      "experiments/ folder next to the ntk_zoo package)")
+  p.set_defaults(run=run_reproduce)
+
+
+def experiments_dir(override: pathlib.Path | None = None) -> pathlib.Path:
+  """`override`, else $NTK_ZOO_EXPERIMENTS, else `experiments/` beside the ntk_zoo package."""
+  if override is None and os.environ.get(EXPERIMENTS_ENV):
+    override = pathlib.Path(os.environ[EXPERIMENTS_ENV])
+  path = override or pathlib.Path(__file__).resolve().parent.parent / "experiments"
+  if not path.is_dir():
+    raise UsageError(
+        f"no experiments directory at {path}: `reproduce` runs the scripts of a repository "
+        f"checkout (git clone, then pip install -e .), or pass --experiments-dir / set "
+        f"${EXPERIMENTS_ENV}")
+  return path
+
+
+def list_experiments(path: pathlib.Path) -> dict[str, str]:
+  """{name: first docstring line} of the modules in `path` defining get_config and run."""
+  found = {}
+  for file in sorted(path.glob("*.py")):
+    if file.name.startswith("_"):
+      continue
+    try:
+      tree = ast.parse(file.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError):
+      continue
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    if {"get_config", "run"} <= defined:
+      found[file.stem] = (ast.get_docstring(tree) or "").strip().split("\n")[0]
+  return found
+
+
+def run_reproduce(args: argparse.Namespace) -> dict[str, Any] | None:
+  """`ntk-zoo reproduce`: runs one experiment; returns its result."""
+  path = experiments_dir(args.experiments_dir)
+  available = list_experiments(path)
+  if args.list:
+    width = max(map(len, available), default=0)
+    for name, doc in available.items():
+      print(f"{name:{width}s}  {doc}")
+    if not available:
+      print(f"(no experiments in {path})")
+    return None
+  if not args.figure:
+    raise UsageError(f"name an experiment, or --list; available: {', '.join(available)}")
+  name = args.figure.removesuffix(".py")
+  if name not in available:
+    raise UsageError(f"unknown experiment {args.figure!r} in {path}; available: "
+                     f"{', '.join(available) or 'none'}")
+  out = args.out or path / "out" / name
+  _check_writable(out)
+  with _importable(path):
+    module = _import_experiment(path, name)
+    config = module.get_config(full=args.full)
+    print(f"experiment {name} ({'full' if args.full else 'CPU-sized'}) -> {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    result = module.run(config, out)
+  text = json.dumps(result, indent=2, default=_jsonable)
+  _write_outputs(out, {"result.json": lambda p: p.write_text(text + "\n")})
+  print(text)
+  print(f"wrote {out / 'result.json'}")
+  return result
+
+
+@contextlib.contextmanager
+def _importable(path: pathlib.Path):
+  """Lets an experiment import its siblings as `experiments.common` or `common`."""
+  saved = list(sys.path)
+  sys.path[:0] = [str(path.parent), str(path)]
+  try:
+    yield
+  finally:
+    sys.path[:] = saved
+
+
+def _import_experiment(path: pathlib.Path, name: str):
+  """Imports `path/name.py` as module `<path.name>.<name>`."""
+  spec = importlib.util.spec_from_file_location(f"{path.name}.{name}", path / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, np.generic):
+    return value.item()
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  if isinstance(value, pathlib.Path):
+    return os.fspath(value)
+  return str(value)
+
+
+# Subcommands, in the order `--help` lists them: one `add_<name>(subparsers)` each.
+COMMANDS: tuple[Callable[[Any], None], ...] = (add_ntk, add_reproduce)
