@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ntk_zoo.models.model import InputSpec, Model
+from ntk_zoo.models.model import InputError, InputSpec, Model
 
 PyTree = Any
 
@@ -56,38 +56,77 @@ class AdapterError(ValueError):
 class BoundApply:
   """`apply(params, x) = fn(params, state, x)` with `state` bound; pure and jit-able.
 
+  Every call first checks its arguments (static shapes, dtypes and keys only: nothing is
+  added to the computation) and raises `InputError` naming the fix for the usual mistakes:
+  `params["params"]` passed instead of `params`, integer (unpreprocessed) images, NCHW or
+  wrong-channel images, and (when the model then fails) inputs of another size than it was
+  built for.
+
   Attributes:
     fn: pure `fn(params, state, x) -> logits`, x of shape (N, *input_spec.shape), logits (N, O).
     state: the non-differentiated variables `fn` is evaluated with.
+    input_spec: what `x` should look like (None: not checked).
+    params_keys: the top-level keys of the model's `params` (None: not checked).
+    name: the model's name, for messages.
   """
   fn: Callable[[PyTree, PyTree, Any], jax.Array]
   state: PyTree
+  input_spec: InputSpec | None = None
+  params_keys: tuple[str, ...] | None = None
+  name: str = "model"
 
   def _key(self) -> tuple[Any, ...]:
     leaves, treedef = jax.tree_util.tree_flatten(self.state)
-    return self.fn, treedef, leaves
+    return self.fn, treedef, leaves, self.input_spec, self.params_keys
 
   def __eq__(self, other: object) -> bool:
     """Same `fn` and the same state arrays (identical objects): then calls are identical, and
     `jax.jit` may reuse one trace (whose constants are those arrays) for both."""
     if not isinstance(other, BoundApply):
       return NotImplemented
-    fn, treedef, leaves = self._key()
-    other_fn, other_treedef, other_leaves = other._key()
-    return (fn is other_fn and treedef == other_treedef
+    fn, treedef, leaves, *checks = self._key()
+    other_fn, other_treedef, other_leaves, *other_checks = other._key()
+    return (fn is other_fn and treedef == other_treedef and checks == other_checks
             and all(a is b for a, b in zip(leaves, other_leaves)))
 
   def __hash__(self) -> int:
-    fn, treedef, leaves = self._key()
-    return hash((id(fn), treedef, tuple(id(leaf) for leaf in leaves)))
+    fn, treedef, leaves, *checks = self._key()
+    return hash((id(fn), treedef, tuple(id(leaf) for leaf in leaves), *checks))
 
   def __call__(self, params: PyTree, x: Any) -> jax.Array:
     """Returns the (N, O) logits of inputs x (N, *input_spec.shape)."""
-    return self.fn(params, self.state, x)
+    self._check_params(params)
+    if self.input_spec is None:
+      return self.fn(params, self.state, x)
+    self.input_spec.check(x, f"Model {self.name!r}")
+    try:
+      return self.fn(params, self.state, x)
+    except Exception as e:  # noqa: BLE001  (re-raised as is unless x's shape explains it)
+      message = self.input_spec.mismatch(x, f"Model {self.name!r}")
+      if message is None:
+        raise
+      raise InputError(f"{message}\n  (The model failed with {type(e).__name__}: {e})") from e
+
+  def _check_params(self, params: PyTree) -> None:
+    if self.params_keys is None or not isinstance(params, Mapping):
+      return
+    missing = sorted(set(self.params_keys) - set(params))
+    if not missing:
+      return
+    got = sorted(str(k) for k in params)
+    shown = ", ".join(got[:8]) + (", ..." if len(got) > 8 else "")
+    if missing == ["params"]:
+      raise InputError(
+          f"Model {self.name!r}: params has top-level keys [{shown}] but no 'params': pass the "
+          "whole variables dict `model.params`, not `model.params['params']` (Linen models keep "
+          "Flax's layout {'params': tree}).")
+    raise InputError(
+        f"Model {self.name!r}: params lacks the top-level keys {missing} of `model.params` "
+        f"(got [{shown}]). Pass `model.params`, or a pytree with its structure.")
 
   def rebind(self, state: PyTree) -> BoundApply:
-    """The same function bound to another `state` (same tree structure)."""
-    return BoundApply(self.fn, state)
+    """The same function (and checks) bound to another `state` (same tree structure)."""
+    return dataclasses.replace(self, state=state)
 
 
 def _as_input_spec(input_spec: InputSpec | Sequence[int]) -> InputSpec:
@@ -104,7 +143,8 @@ def _finish(fn: Callable[[PyTree, PyTree, Any], jax.Array], params: PyTree, stat
   Raises:
     AdapterError: if applying fails, the output is not (N, O), or O != num_classes.
   """
-  apply = BoundApply(fn, state)
+  keys = tuple(sorted(str(k) for k in params)) if isinstance(params, Mapping) else None
+  apply = BoundApply(fn, state, input_spec, keys, name)
   batch = 2
   dummy = jax.ShapeDtypeStruct((batch, *input_spec.shape), input_spec.dtype)
   tried = f"a dummy input of shape {dummy.shape} and dtype {jnp.dtype(dummy.dtype).name}"

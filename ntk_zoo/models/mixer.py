@@ -46,7 +46,7 @@ from ntk_zoo.models import checkpoints, npz_convert, timm_convert
 from ntk_zoo.models.adapters import from_linen
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
-from ntk_zoo.models.vit import init_params
+from ntk_zoo.models.vit import check_patch_grid, init_params
 
 __all__ = [
     "MixerConfig", "MlpMixer", "TINY", "VARIANTS", "create", "decode_variant", "load_npz",
@@ -181,6 +181,7 @@ class MlpMixer(nn.Module):
   def __call__(self, images: jax.Array) -> jax.Array:
     c = self.config
     p = c.patch_size
+    check_patch_grid(images.shape[-3], images.shape[-2], p, "MLP-Mixer")
     x = nn.Conv(c.hidden_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 param_dtype=self.dtype, name="stem")(images)
     n, h, w, d = x.shape

@@ -262,6 +262,7 @@ class VisionTransformer(nn.Module):
   def __call__(self, images: jax.Array) -> jax.Array:
     c = self.config
     p = c.patch_size
+    check_patch_grid(images.shape[-3], images.shape[-2], p, "ViT")
     x = nn.Conv(c.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 param_dtype=self.dtype, name="embedding")(images)
     n, h, w, d = x.shape
@@ -282,6 +283,23 @@ class VisionTransformer(nn.Module):
 
 # --------------------------------------------------------------------------------------------------
 # Building models.
+
+
+def check_patch_grid(height: int, width: int, patch_size: int, model: str) -> None:
+  """Raises ValueError unless the image sides are positive multiples of the patch size.
+
+  A patch model (ViT, Mixer) cuts the image into non-overlapping p×p patches; a side smaller
+  than p has no patch, and a side that is not a multiple of p silently drops pixels.
+  """
+  bad = [s for s in (height, width) if s < patch_size or s % patch_size]
+  if not bad:
+    return
+  near = [max(patch_size, patch_size * round(s / patch_size)) for s in (height, width)]
+  raise ValueError(
+      f"{model} with {patch_size}x{patch_size} patches needs image sides that are positive "
+      f"multiples of {patch_size} (minimum {patch_size}: {patch_size}, {2 * patch_size}, "
+      f"{3 * patch_size}, ...); got {height}x{width}. Fix: use image_size="
+      f"{near[0] if near[0] == near[1] else tuple(near)} (or resize the images).")
 
 
 def _module(variant: str | ViTConfig, *, num_classes: int, classifier: str = "token",

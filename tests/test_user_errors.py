@@ -1,0 +1,51 @@
+"""First contact: each usual mistake gets a message naming the fix, or the expected behaviour.
+
+One test per row of issue 11 (the `python -m ntk_zoo` arguments are tested with the CLI).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntk_zoo
+from ntk_zoo.models import InputError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return ntk_zoo.models.get("resnet_tiny", num_classes=3, image_size=8)
+
+
+def test_nchw_images_name_nhwc_and_the_transpose(tiny):
+  kernel = ntk_zoo.ntk_fn(tiny.apply, trace_axes=())
+  with pytest.raises(InputError, match=r"expects inputs \(N, 8, 8, 3\) float32 \(NHWC: channels "
+                                       r"last\).*NCHW.*jnp\.transpose\(x, \(0, 2, 3, 1\)\)"):
+    kernel(jnp.ones((2, 3, 8, 8)), None, tiny.params)
+
+
+def test_inner_params_name_the_whole_variables_dict(tiny):
+  with pytest.raises(InputError, match=r"pass the whole variables dict `model\.params`, not "
+                                       r"`model\.params\['params'\]`"):
+    tiny.apply(tiny.params["params"], tiny.input_spec.dummy(2))
+
+
+def test_patch_models_reject_image_sizes_their_patches_do_not_fit():
+  with pytest.raises(ValueError, match=r"ViT with 4x4 patches needs image sides that are positive "
+                                       r"multiples of 4 \(minimum 4.*got 3x3.*image_size=4"):
+    ntk_zoo.models.get("vit_tiny", image_size=3)
+
+
+def test_uint8_images_name_preprocess(tiny):
+  images = np.zeros((2, 8, 8, 3), np.uint8)
+  with pytest.raises(InputError, match=r"dtype uint8.*model\.input_spec\.preprocess\(images\)"):
+    ntk_zoo.ntk_fn(tiny.apply)(images, None, tiny.params)
+  assert tiny.apply(tiny.params, tiny.input_spec.preprocess(images)).shape == (2, 3)
+
+
+def test_model_repr_is_short(tiny):
+  text = repr(tiny)
+  assert text == ("Model(name='resnet_tiny', params=6,107, state=144 values, "
+                  "input=(N, 8, 8, 3) float32 (NHWC: channels last), num_classes=3)")
