@@ -49,3 +49,17 @@ def test_model_repr_is_short(tiny):
   text = repr(tiny)
   assert text == ("Model(name='resnet_tiny', params=6,107, state=144 values, "
                   "input=(N, 8, 8, 3) float32 (NHWC: channels last), num_classes=3)")
+
+
+def test_truncated_safetensors_is_named_as_such(tmp_path):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models import resnet  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models.checkpoints import CheckpointFileError  # pylint: disable=g-import-not-at-top
+  whole = tmp_path / "whole.safetensors"
+  save_file({"fc.weight": np.ones((10, 64), np.float32)}, str(whole))
+  cut = tmp_path / "resnet18.safetensors"
+  cut.write_bytes(whole.read_bytes()[:-100])
+  message = (r"file '.*resnet18\.safetensors' \([\d,]+ bytes\) is not a complete safetensors "
+             r"file \(truncated download\?\)(.|\n)*download it again")
+  with pytest.raises(CheckpointFileError, match=message):
+    resnet.load_torchvision(cut, arch="resnet18")

@@ -8,6 +8,8 @@ live next to their architecture; this module holds what they share:
 * `flatten(tree)` / `unflatten(flat)`: nested dicts <-> `{"a/b/c": array}`.
 * `check_matches(expected, loaded)`: raises `CheckpointMismatchError` listing missing keys,
   unexpected keys and shape conflicts.
+
+A file that cannot be read (a truncated download) raises `CheckpointFileError` naming it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,31 @@ class CheckpointMismatchError(ValueError):
   """A checkpoint's keys or shapes do not match the model it is loaded into."""
 
 
+class CheckpointFileError(ValueError):
+  """A checkpoint file cannot be read: truncated, corrupt, or of another format."""
+
+
+def unreadable(path: str | os.PathLike, kind: str, error: Exception) -> CheckpointFileError:
+  """The error for a file that is not a complete `kind` file (e.g. a truncated download)."""
+  size = os.path.getsize(path) if os.path.isfile(path) else 0
+  return CheckpointFileError(
+      f"file {os.fspath(path)!r} ({size:,} bytes) is not a complete {kind} file (truncated "
+      f"download?): reading it failed with {type(error).__name__}: {error}\n  Fix: download it "
+      "again (compare its size or checksum with the source), or use the loader for its format.")
+
+
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a `.safetensors` file into numpy arrays (no torch needed)."""
+  """Reads a `.safetensors` file into numpy arrays (no torch needed).
+
+  Raises:
+    CheckpointFileError: the file is truncated or not a safetensors file.
+  """
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  return dict(load_file(os.fspath(path)))
+  try:
+    return dict(load_file(os.fspath(path)))
+  except SafetensorError as e:
+    raise unreadable(path, "safetensors", e) from e
 
 
 def _decode_void(a: np.ndarray) -> np.ndarray:
@@ -40,9 +63,17 @@ def _decode_void(a: np.ndarray) -> np.ndarray:
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads an `.npz` file (never unpickles); bfloat16-as-void arrays become float32."""
-  with np.load(os.fspath(path), allow_pickle=False) as z:
-    return {k: _decode_void(z[k]) for k in z.files}
+  """Reads an `.npz` file (never unpickles); bfloat16-as-void arrays become float32.
+
+  Raises:
+    CheckpointFileError: the file is truncated or not an `.npz` archive.
+  """
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    with np.load(os.fspath(path), allow_pickle=False) as z:
+      return {k: _decode_void(z[k]) for k in z.files}
+  except (zipfile.BadZipFile, EOFError) as e:
+    raise unreadable(path, "npz", e) from e
 
 
 def flatten(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_zoo.models.adapters import BoundApply
-from ntk_zoo.models.checkpoints import CheckpointMismatchError, check_matches
+from ntk_zoo.models.checkpoints import CheckpointMismatchError, check_matches, unreadable
 from ntk_zoo.models.model import Model
 
 PyTree = Any
@@ -135,7 +135,11 @@ def read_msgpack(path: str | os.PathLike) -> dict[str, Any]:
   """Reads a Flax msgpack file into nested dicts of numpy arrays."""
   from flax import serialization  # pylint: disable=g-import-not-at-top
   with open(os.fspath(path), "rb") as f:
-    return serialization.msgpack_restore(f.read())
+    data = f.read()
+  try:
+    return serialization.msgpack_restore(data)
+  except ValueError as e:  # msgpack's "Unpack failed: incomplete input" and the like.
+    raise unreadable(path, "Flax msgpack", e) from e
 
 
 def read_orbax(path: str | os.PathLike) -> dict[str, Any]:
