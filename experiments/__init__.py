@@ -1,0 +1,1 @@
+"""Figure and study scripts over ntk_zoo (see experiments/README.md); run from the repo root."""

@@ -1,0 +1,146 @@
+"""The experiment scripts end to end at tiny sizes, and the pieces they are built from."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+from experiments import _cli, _flops, fcn_scaling, imagenet_photos  # noqa: E402
+
+
+def _records(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces.
+
+def test_overrides_parse_by_field_type_and_reject_unknown_keys():
+  config = fcn_scaling.get_config()
+  new = _cli.apply_overrides(config, ["widths=8,16", "timeout_s=5", "skip_wider=false"])
+  assert new.widths == [8, 16] and new.timeout_s == 5.0 and new.skip_wider is False
+  assert config.widths != [8, 16]  # The original is untouched.
+  with pytest.raises(ValueError, match="unknown config key 'widht'"):
+    _cli.apply_overrides(config, ["widht=8"])
+  with pytest.raises(ValueError, match="KEY=VALUE"):
+    _cli.apply_overrides(config, ["widths"])
+  assert "--set widths=8,16" in _cli.command("fcn_scaling", new, fcn_scaling.get_config)
+
+
+def test_unrolled_flops_count_every_loop_iteration():
+  def f(x):
+    return jax.lax.map(lambda r: r @ r.T, x)
+
+  x = jnp.ones((6, 16, 16))
+  rolled = jax.jit(f).lower(x).compile().cost_analysis()["flops"]
+  res = _flops.unrolled_flops(f, x)
+  assert res["loops"] == 1 and not res["loops_left"]
+  assert res["flops_unrolled"] == pytest.approx(6 * rolled, rel=0.05)
+  assert res["flops_unrolled"] == pytest.approx(6 * 2 * 16 ** 3, rel=0.05)
+  assert _flops.unrolled_flops(lambda x: x @ x, x[0]) == {"loops": 0}
+
+
+def test_kernel_approximations_are_projections():
+  rng = np.random.default_rng(0)
+  n, o, p = 3, 4, 50
+  jac = rng.standard_normal((n * o, p))
+  theta = (jac @ jac.T).reshape(n, o, n, o).transpose(0, 2, 1, 3)
+  summary, spectra = imagenet_photos.analyze(theta)
+  assert summary["full"]["kappa"] >= 1 and len(spectra["full"]) == n * o
+  for name in imagenet_photos.APPROX:
+    s = summary[name]
+    assert 0 <= s["frobenius_kept"] <= 1 and 0 <= s["trace_kept"] <= 1 + 1e-12, (name, s)
+  assert summary["mean_trace"]["trace_kept"] == pytest.approx(1)
+  assert summary["block_diagonal"]["trace_kept"] == pytest.approx(1)
+  # The pseudo-NTK is the NTK of sum_o f_o: the Gram of the summed Jacobian rows.
+  js = jac.reshape(n, o, p).sum(1)
+  assert np.allclose(np.sort(spectra["pseudo"])[-n:] * o, np.sort(np.linalg.eigvalsh(js @ js.T)))
+  # A kernel of the infinite-width form A ⊗ I_O is kept whole by the mean-trace kernel.
+  a = rng.standard_normal((n, n))
+  exact = np.einsum("ab,ij->abij", a @ a.T + n * np.eye(n), np.eye(o))
+  s = imagenet_photos.analyze(exact)[0]["mean_trace"]
+  assert s["frobenius_kept"] == pytest.approx(1) and s["spectral_error"] < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# Fig. 1: FCN scaling.
+
+def _fcn_config(**kw):
+  c = fcn_scaling.get_config()
+  c.update(n=[2], outputs=[4], widths=[8], depth=3,
+           implementations=["structured_derivatives", "ntk_vector_products"], repeats=1,
+           min_time_s=0.0, timeout_s=60.0, mem_limit_mb=3000.0, memory_budget_mb=0.0)
+  c.update(**kw)
+  return c
+
+
+def test_fcn_scaling_end_to_end_and_resume(tmp_path):
+  config = _fcn_config()
+  out = fcn_scaling.run(config, tmp_path)
+  recs = _records(tmp_path / "cells.jsonl")
+  assert out["ran"] == 2 and out["cells"] == {"ok": 2}, recs
+  for r in recs:
+    assert r["status"] == "ok" and r["median_s"] > 0 and math.isfinite(r["median_s"])
+    assert r["xla_flops"] > 0 and math.isfinite(r["xla_flops"])
+    assert r["kernel_shape"] == [[2, 2, 4, 4]]
+  assert recs[0]["kernel_norm"] == pytest.approx(recs[1]["kernel_norm"], rel=1e-5)
+  assert (tmp_path / "fcn_scaling.png").stat().st_size > 10_000
+  report = (tmp_path / "report.md").read_text()
+  assert "| 2 | 4 | 8 |" in report and "Predictions" in report
+  assert out["predictions"]["widest"]["N=2,O=4"]["SD"] == 8
+  again = fcn_scaling.run(config, tmp_path)  # Finished cells are skipped.
+  assert again["ran"] == 0 and len(_records(tmp_path / "cells.jsonl")) == 2
+
+
+def test_fcn_scaling_failed_cell_is_a_missing_point(tmp_path):
+  # 1 s is less than the cell needs to import JAX: a timeout, and the wider cell is not tried.
+  config = _fcn_config(widths=[8, 16], implementations=["structured_derivatives"],
+                       timeout_s=1.0)
+  out = fcn_scaling.run(config, tmp_path)
+  recs = _records(tmp_path / "cells.jsonl")
+  assert [(r["width"], r["status"]) for r in recs] == [(8, "timeout")]
+  assert out["predictions"]["widest"]["N=2,O=4"]["SD"] is None
+  assert "timeout" in (tmp_path / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# The full NTK on real photos.
+
+def test_imagenet_photos_end_to_end_and_resume(tmp_path):
+  config = imagenet_photos.get_config()
+  config.update(models=["resnet_tiny"], image_size=32, num_classes=3,
+                photos=["astronaut", "chelsea"], implementation="structured_derivatives")
+  out = imagenet_photos.run(config, tmp_path)
+  assert out["ran"] == 1
+  rec, = _records(tmp_path / "cells.jsonl")
+  data = np.load(tmp_path / f"{rec['tag']}.npz")
+  theta = data["theta"]
+  assert theta.shape == (2, 2, 3, 3) and np.all(np.isfinite(theta))
+  k = imagenet_photos.as_matrix(theta)
+  assert np.allclose(k, imagenet_photos.as_matrix(theta.transpose(1, 0, 3, 2)), rtol=1e-4,
+                     atol=1e-4 * np.abs(k).max())  # Θ(x, x) is symmetric.
+  a = out["models"]["resnet_tiny"]
+  assert 1 <= a["full"]["kappa"] < math.inf
+  assert a["full"]["lambda_max"] == pytest.approx(data["eig_full"][0])
+  for name in imagenet_photos.APPROX:
+    assert 0 <= a[name]["frobenius_kept"] <= 1 and 0 <= a[name]["trace_kept"] <= 1 + 1e-9
+    assert math.isfinite(a[name]["kappa"])
+  assert (tmp_path / "imagenet_photos.png").stat().st_size > 10_000
+  assert "pseudo-NTK" in (tmp_path / "report.md").read_text()
+  assert imagenet_photos.run(config, tmp_path)["ran"] == 0  # Reused from cells.jsonl + npz.
+
+
+def test_imagenet_photos_rejects_unknown_photo():
+  with pytest.raises(ValueError, match="neither a bundled photo"):
+    imagenet_photos.load_photos(["no_such_photo"], 16)
