@@ -6,7 +6,8 @@
 """
 
 from ntk_zoo import models, testing
-from ntk_zoo.ntk import Implementation, NTKOptions, VmapAxes, ntk_fn
+from ntk_zoo.ntk import Implementation, NonFiniteInputWarning, NTKOptions, VmapAxes, ntk_fn
 
 __version__ = "0.1.0"
-__all__ = ["Implementation", "NTKOptions", "VmapAxes", "models", "ntk_fn", "testing"]
+__all__ = ["Implementation", "NTKOptions", "NonFiniteInputWarning", "VmapAxes", "models", "ntk_fn",
+           "testing"]

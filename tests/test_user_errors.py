@@ -5,6 +5,8 @@ One test per row of issue 11 (the `python -m ntk_zoo` arguments are tested with 
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,3 +65,33 @@ def test_truncated_safetensors_is_named_as_such(tmp_path):
              r"file \(truncated download\?\)(.|\n)*download it again")
   with pytest.raises(CheckpointFileError, match=message):
     resnet.load_torchvision(cut, arch="resnet18")
+
+
+def _dense(params, x):
+  return x @ params["w"]
+
+
+DENSE_PARAMS = {"w": jnp.ones((3, 4))}
+
+
+def test_vmap_axis_that_is_not_the_batch_axis_names_shapes_and_choices():
+  kernel = ntk_zoo.ntk_fn(_dense, trace_axes=(), vmap_axes=1)
+  with pytest.raises(ValueError, match=r"vmap_axes output axis 1 of f's output<root> of shape "
+                                       r"\(5, 4\) has size 4, but the inputs' batch axis has size "
+                                       r"3 .*Valid choices for these shapes: vmap_axes=0"):
+    kernel(jnp.ones((5, 3)), None, DENSE_PARAMS)
+
+
+def test_non_finite_inputs_warn_once_with_an_opt_out():
+  x = jnp.ones((5, 3)).at[0, 0].set(jnp.nan)
+  kernel = ntk_zoo.ntk_fn(_dense, trace_axes=(), vmap_axes=0)
+  with pytest.warns(ntk_zoo.NonFiniteInputWarning, match=r"x1<root> contains NaN or inf.*"
+                                                         r"check_finite=False") as record:
+    kernel(x, None, DENSE_PARAMS)
+    kernel(x, None, DENSE_PARAMS)  # once per kernel
+  assert sum(r.category is ntk_zoo.NonFiniteInputWarning for r in record) == 1
+  quiet = ntk_zoo.ntk_fn(_dense, trace_axes=(), vmap_axes=0, check_finite=False)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", ntk_zoo.NonFiniteInputWarning)
+    quiet(x, None, DENSE_PARAMS)
+    jax.jit(ntk_zoo.ntk_fn(_dense, trace_axes=(), vmap_axes=0))(x, None, DENSE_PARAMS)  # traced

@@ -1,6 +1,6 @@
 """NTK engines: Jacobian contraction, NTK-vector products, structured derivatives, auto."""
 
-from ntk_zoo.ntk.api import Implementation, ntk_fn
+from ntk_zoo.ntk.api import Implementation, NonFiniteInputWarning, ntk_fn
 from ntk_zoo.ntk.options import NTKOptions, VmapAxes
 
-__all__ = ["Implementation", "NTKOptions", "VmapAxes", "ntk_fn"]
+__all__ = ["Implementation", "NTKOptions", "NonFiniteInputWarning", "VmapAxes", "ntk_fn"]

@@ -45,3 +45,9 @@ def inner_jaxpr(eqn: JaxprEqn) -> tuple[Jaxpr, list] | None:
 
 def is_literal(v) -> bool:
   return isinstance(v, Literal)
+
+
+def is_tracer(x) -> bool:
+  """Whether `x` is an abstract value being traced (under jit/vmap/grad), not a concrete array."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return isinstance(x, jax.core.Tracer)

@@ -16,6 +16,10 @@ from ntk_zoo.ntk.problem import Problem
 from ntk_zoo.ntk.typing import Engine, PyTree
 
 
+class NonFiniteInputWarning(UserWarning):
+  """Inputs or params hold NaN or inf, so the kernel will too (see `ntk_fn(check_finite=...)`)."""
+
+
 class Implementation(enum.Enum):
   """How the NTK is computed. All give the same kernel to float tolerance; only cost differs.
 
@@ -73,7 +77,8 @@ def _engines() -> dict[str, Engine]:
 def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
            trace_axes: Sequence[int] = (-1,), diagonal_axes: Sequence[int] = (),
            vmap_axes: int | VmapAxes | tuple | None = None,
-           memory_budget: int | float | str | None = None) -> Callable:
+           memory_budget: int | float | str | None = None,
+           check_finite: bool = True) -> Callable:
   """Returns a function computing the finite-width empirical NTK of `f`.
 
   Θ(x1, x2) = Σ_l ∂f(θ, x1)/∂θˡ · ∂f(θ, x2)/∂θˡᵀ, summed over every leaf θˡ of `params`.
@@ -99,6 +104,11 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
       directions) to stay under it; a budget too small for any plan raises `BudgetError`
       naming the smallest budget that would work, before anything heavy runs. Blocked kernels
       equal unblocked ones to float tolerance.
+    check_finite: warn (`NonFiniteInputWarning`, once per kernel) when x1, x2 or params
+      contain NaN or inf. Only concrete arrays are checked, by one small jitted reduction
+      before the kernel runs; under `jax.jit` the values are tracers and nothing is checked
+      (the jitted kernel has no added cost). False skips the check; a warnings filter on
+      `NonFiniteInputWarning` silences it.
 
   Returns:
     `kernel(x1, x2=None, params, **f_kwargs)` (x2=None means x2 = x1, computed as a symmetric
@@ -134,6 +144,7 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
   engines = _engines()
   decisions: dict[str, auto.Decision] = {}
   resolved: list[int] = []
+  warned: list[bool] = []
 
   def kernel(x1: PyTree, x2: PyTree | None = None, params: PyTree = None, **f_kwargs) -> PyTree:
     if params is None:
@@ -144,6 +155,8 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
     _check_inputs(x1, x2, opts)
     fk = (lambda p, x: f(p, x, **f_kwargs)) if f_kwargs else f
     out_shapes = _check_outputs(fk, params, x1, x2, opts)
+    if check_finite and not warned and _warn_non_finite(x1, x2, params):
+      warned.append(True)
     out_shapes2 = out_shapes if x2 is None else jax.eval_shape(fk, params, x2)
     problem = Problem(fk, params, x1, x2, opts, out_shapes, out_shapes2)
     if not resolved:
@@ -248,6 +261,35 @@ def _check_inputs(x1: PyTree, x2: PyTree | None, opts: NTKOptions) -> None:
           "that is the batch axis.")
 
 
+@jax.jit
+def _finite_leaves(leaves: list) -> jax.Array:
+  return jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves])
+
+
+def _warn_non_finite(x1: PyTree, x2: PyTree | None, params: PyTree) -> bool:
+  """Warns if a concrete float leaf of x1, x2 or params has NaN/inf; returns whether it did."""
+  from ntk_zoo.ntk import _compat  # pylint: disable=g-import-not-at-top
+  named = [(f"{name}{_path(kp)}", l)
+           for name, tree in (("x1", x1), ("x2", x2), ("params", params))
+           for kp, l in jax.tree_util.tree_flatten_with_path(tree)[0]
+           if hasattr(l, "dtype") and jnp.issubdtype(l.dtype, jnp.inexact)
+           and not _compat.is_tracer(l)]
+  if not named:
+    return False
+  finite = np.asarray(_finite_leaves([l for _, l in named]))
+  bad = [name for (name, _), ok in zip(named, finite) if not ok]
+  if not bad:
+    return False
+  import warnings  # pylint: disable=g-import-not-at-top
+  warnings.warn(
+      f"{bad[0]} contains NaN or inf{f' (and {len(bad) - 1} more leaves)' if len(bad) > 1 else ''}"
+      ", so the NTK will have NaN/inf entries. Check the inputs and the parameters (e.g. "
+      "preprocessing, a diverged checkpoint). To silence: ntk_fn(..., check_finite=False), or "
+      "warnings.filterwarnings('ignore', category=ntk_zoo.NonFiniteInputWarning).",
+      NonFiniteInputWarning, stacklevel=3)
+  return True
+
+
 def _check_outputs(f: Callable, params: PyTree, x1: PyTree, x2: PyTree | None,
                    opts: NTKOptions) -> PyTree:
   """Output shapes of f(params, x1); checks they are float arrays and the axes fit them."""
@@ -280,7 +322,7 @@ def _check_outputs(f: Callable, params: PyTree, x1: PyTree, x2: PyTree | None,
           f"axis of f's output{_path(kp)} of shape {leaf.shape}; an axis is either traced or "
           "diagonal.")
   if opts.vmap_axes is not None:
-    _check_output_batch_axes(outs[0], opts)
+    _check_output_batch_axes(f, params, x1, outs[0], opts)
   if len(outs) == 2:
     for (kp, o1), o2 in zip(jax.tree_util.tree_flatten_with_path(outs[0])[0],
                             jax.tree_util.tree_leaves(outs[1])):
@@ -294,7 +336,9 @@ def _check_outputs(f: Callable, params: PyTree, x1: PyTree, x2: PyTree | None,
   return outs[0]
 
 
-def _check_output_batch_axes(out: PyTree, opts: NTKOptions) -> None:
+def _check_output_batch_axes(f: Callable, params: PyTree, x: PyTree, out: PyTree,
+                             opts: NTKOptions) -> None:
+  """Every output leaf has its batch axis, of the inputs' batch size (per-example `f`)."""
   from ntk_zoo.ntk._tree import broadcast_prefix  # pylint: disable=g-import-not-at-top
   try:
     axes = broadcast_prefix(opts.vmap_axes.outputs, out)
@@ -303,8 +347,65 @@ def _check_output_batch_axes(out: PyTree, opts: NTKOptions) -> None:
         f"vmap_axes outputs {opts.vmap_axes.outputs!r} do not match the structure of f's output "
         f"{jax.tree_util.tree_structure(out)}: give one int, or a pytree of ints with the "
         "output's structure.") from e
-  for a, (kp, leaf) in zip(axes, jax.tree_util.tree_flatten_with_path(out)[0]):
+  out_leaves = jax.tree_util.tree_flatten_with_path(out)[0]
+  for a, (kp, leaf) in zip(axes, out_leaves):
     if a is None or not -len(leaf.shape) <= a < len(leaf.shape):
       raise ValueError(
           f"vmap_axes output axis {a} is not a valid batch axis of f's output{_path(kp)} of "
           f"shape {leaf.shape}: every output leaf needs its batch axis.")
+  in_axes = _batch_axes(x, opts)
+  batched = [(kp, l, a) for a, (kp, l) in zip(in_axes, jax.tree_util.tree_flatten_with_path(x)[0])
+             if a is not None]
+  if not batched:
+    return
+  sizes = {np.shape(l)[a] for _, l, a in batched}
+  if len(sizes) > 1:
+    raise ValueError(
+        "vmap_axes gives input batch axes of different sizes: "
+        + ", ".join(f"x1{_path(kp)} {np.shape(l)} axis {a}" for kp, l, a in batched)
+        + ". Every batched input leaf needs the same number of examples on its batch axis.")
+  n = sizes.pop()
+  kp_x, l_x, a_x = batched[0]
+  for a, (kp, leaf) in zip(axes, out_leaves):
+    if leaf.shape[a] != n:
+      raise ValueError(
+          f"vmap_axes output axis {a} of f's output{_path(kp)} of shape {leaf.shape} has size "
+          f"{leaf.shape[a]}, but the inputs' batch axis has size {n} (axis {a_x} of "
+          f"x1{_path(kp_x)} of shape {np.shape(l_x)}): a per-example f keeps the batch axis, "
+          f"with the same size, in its outputs. {_suggest_vmap_axes(x, out)}")
+  if n > 1 and any(list(leaf.shape).count(n) > 1 for _, leaf in out_leaves):
+    _check_one_example(f, params, x, in_axes, axes, out_leaves)
+
+
+def _suggest_vmap_axes(x: PyTree, out: PyTree) -> str:
+  """Which int `vmap_axes` would be consistent with the inputs' and outputs' shapes."""
+  shapes = [np.shape(l) for l in jax.tree_util.tree_leaves(x) if np.ndim(l)]
+  shapes += [l.shape for l in jax.tree_util.tree_leaves(out)]
+  ok = [k for k in range(min(len(s) for s in shapes))
+        if len({s[k] for s in shapes}) == 1]
+  if ok:
+    return (f"Valid choices for these shapes: vmap_axes={ok[0]}"
+            + (f" (or any of {ok})" if len(ok) > 1 else "")
+            + ", or vmap_axes=None (f is not per-example).")
+  return ("No single axis is a batch axis of every input and output: pass VmapAxes(inputs, "
+          "outputs) with per-leaf axes, or vmap_axes=None (f is not per-example).")
+
+
+def _check_one_example(f: Callable, params: PyTree, x: PyTree, in_axes: list[int | None],
+                       axes: list[int], out_leaves: list) -> None:
+  """f on a batch of one example (abstractly): each output batch axis must have size 1.
+
+  Run only when the batch size also occurs on other output axes, where sizes cannot tell.
+  """
+  leaves, tree = jax.tree_util.tree_flatten(x)
+  one = [jax.ShapeDtypeStruct(
+      tuple(1 if i == a else d for i, d in enumerate(np.shape(l))), jnp.result_type(l))
+      for l, a in zip(leaves, in_axes)]
+  out1 = jax.eval_shape(f, params, jax.tree_util.tree_unflatten(tree, one))
+  out1 = jax.tree_util.tree_leaves(out1)
+  for a, (kp, leaf), o in zip(axes, out_leaves, out1):
+    if o.shape[a] != 1:
+      raise ValueError(
+          f"vmap_axes output axis {a} is not the batch axis of f's output{_path(kp)}: the output "
+          f"has shape {leaf.shape}, and {o.shape} on a batch of one example, where axis {a} "
+          "would have size 1. Set the output batch axis to the axis that indexes the examples.")
