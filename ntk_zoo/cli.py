@@ -22,7 +22,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import sys
 import tempfile
 import textwrap
@@ -30,7 +29,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+
+import ntk_zoo
+from ntk_zoo import images as images_lib
+from ntk_zoo.models import checkpoints, flax_checkpoints, mixer, resnet, vit
+from ntk_zoo.ntk import api, memory
 
 PROG = "ntk-zoo"
 DEFAULT_MODEL = "resnet18"
@@ -77,7 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  import ntk_zoo  # pylint: disable=g-import-not-at-top
   parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=_models_epilog(),
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--version", action="version", version=f"ntk_zoo {ntk_zoo.__version__}")
@@ -102,7 +106,6 @@ def _fail(message: str):
 
 
 def _models_epilog() -> str:
-  import ntk_zoo  # pylint: disable=g-import-not-at-top
   models = textwrap.fill(", ".join(ntk_zoo.models.list()), 92, initial_indent="  ",
                          subsequent_indent="  ")
   return (f"models (ntk_zoo.models.list()):\n{models}\n"
@@ -165,61 +168,32 @@ def add_ntk(subparsers) -> None:
 
 def run_ntk(args: argparse.Namespace) -> dict[str, Any]:
   """`ntk-zoo ntk`: computes, prints and writes the NTK; returns the summary."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import ntk_zoo  # pylint: disable=g-import-not-at-top
-  from ntk_zoo import images as images_lib  # pylint: disable=g-import-not-at-top
-  from ntk_zoo.ntk import api, memory  # pylint: disable=g-import-not-at-top
-
-  name = args.model.lower()
-  if name not in ntk_zoo.models.list():
-    raise UsageError(f"unknown model {args.model!r}; valid: {', '.join(ntk_zoo.models.list())}")
-  try:
-    implementation = api.canonicalize_implementation(args.implementation).value
-    budget = memory.parse_budget(args.memory_budget)
-  except ValueError as e:
-    raise UsageError(str(e)) from None
-  image_size = args.image_size or (None if args.checkpoint else DEFAULT_IMAGE_SIZE)
-  _check_image_size(name, image_size)
+  name, implementation, budget, image_size = _ntk_options(args)
   _check_writable(args.out)
-
+  files = _image_files(args)
   model = _build_model(name, args.checkpoint, args.num_classes, image_size)
-  x, names = _images(args, model.input_spec.shape, images_lib)
+  x, names = _load_images(files, args.n, model.input_spec.shape)
   weights = f"weights {args.checkpoint}" if args.checkpoint else "random init"
   shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
   print(f"model: {model.name} ({model.num_params:,} params, {weights}), {model.num_classes} "
         f"logits; {len(names)} images {tuple(x.shape[1:])}: {shown}")
 
-  kernel_fn = ntk_zoo.ntk_fn(model.apply, implementation=implementation, trace_axes=(),
-                             vmap_axes=0, memory_budget=budget)
-  kernel = jax.jit(lambda x, p: kernel_fn(x, None, p))
-  x = model.input_spec.preprocess(x)
-  print("computing the full NTK (first call: trace, plan, compile, run) ...", flush=True)
-  try:
-    t0 = time.perf_counter()
-    theta = kernel(x, model.params).block_until_ready()
-    first = time.perf_counter() - t0
-  except memory.BudgetError as e:
-    raise UsageError(_one_line(str(e))) from None
-  t0 = time.perf_counter()
-  theta = kernel(x, model.params).block_until_ready()
-  warm = time.perf_counter() - t0
-  decision = kernel_fn.last_decision
-  print(f"method: {decision.chosen}" + (" (auto: cheapest plan that fits)"
-                                        if implementation == "auto" else ""))
+  theta, decision, first, warm = full_ntk(model, model.input_spec.preprocess(x),
+                                          implementation, budget)
+  print(f"method: {decision.chosen}"
+        + (" (auto: cheapest plan that fits)" if implementation == "auto" else ""))
   print(f"plan: {decision.plan}")
-  for other, plan in decision.plans.items():
-    if other != decision.chosen:
-      print(f"  vs {other}: {plan if isinstance(plan, str) else _cost(plan)}")
+  alternatives = {k: v for k, v in decision.plans.items() if k != decision.chosen}
+  for other, plan in alternatives.items():
+    print(f"  vs {other}: {plan if isinstance(plan, str) else _cost(plan)}")
   print(f"time: first call {first:.2f} s (incl. trace and compile), warm {warm:.3g} s")
-
-  theta = np.asarray(theta)
   eig = spectrum(theta)
   cond = condition_number(eig)
   n, o = theta.shape[0], theta.shape[2]
   print(f"NTK: shape {theta.shape} = {n * o} x {n * o}, {theta.dtype}")
   print(f"eigenvalues: top {_fmt(eig[::-1][:5])}; bottom {_fmt(eig[:5])}")
-  print(f"condition number: {cond:.4g}" + ("" if np.isfinite(cond) else
-                                           " (the smallest eigenvalue is <= 0)"))
+  print(f"condition number: {cond:.4g}"
+        + ("" if np.isfinite(cond) else " (the smallest eigenvalue is <= 0)"))
 
   summary = {
       "model": model.name, "num_params": model.num_params, "num_classes": model.num_classes,
@@ -228,20 +202,62 @@ def run_ntk(args: argparse.Namespace) -> dict[str, Any]:
       "implementation": implementation, "method": decision.chosen,
       "plan": _plan_record(decision.plan),
       "alternatives": {k: v if isinstance(v, str) else _plan_record(v)
-                       for k, v in decision.plans.items() if k != decision.chosen},
+                       for k, v in alternatives.items()},
       "time_first_call_s": first, "time_warm_s": warm,
       "eigenvalue_max": float(eig[-1]), "eigenvalue_min": float(eig[0]),
       "condition_number": float(cond) if np.isfinite(cond) else None,
       "trace": float(eig.sum()), "device": str(jax.devices()[0]), "jax": jax.__version__,
   }
+  title = f"{model.name}: full NTK on {n} images, {n * o} x {n * o}, κ = {cond:.4g}"
   _write_outputs(args.out, {
       "ntk.npz": lambda p: np.savez(p, kernel=theta, eigenvalues=eig, images=np.asarray(names)),
       "summary.json": lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"),
-      "spectrum.png": lambda p: _plot_spectrum(p, eig, f"{model.name}: full NTK on {n} images, "
-                                                       f"{n * o} x {n * o}, κ = {cond:.4g}"),
+      "spectrum.png": lambda p: _plot_spectrum(p, eig, title),
   })
   print(f"wrote {args.out / 'ntk.npz'}, summary.json, spectrum.png")
   return summary
+
+
+def _ntk_options(args: argparse.Namespace) -> tuple[str, str, int | None, int | None]:
+  """(model name, implementation, budget in bytes, image size), checked."""
+  name = args.model.lower()
+  if name not in ntk_zoo.models.list():
+    raise UsageError(f"unknown model {args.model!r}; valid: {', '.join(ntk_zoo.models.list())}")
+  try:
+    implementation = api.canonicalize_implementation(args.implementation).value
+  except ValueError:
+    raise UsageError(f"unknown implementation {args.implementation!r}; valid: "
+                     f"{', '.join(IMPLEMENTATIONS)} (aliases jc, vp, sd)") from None
+  try:
+    budget = memory.parse_budget(args.memory_budget)
+  except ValueError as e:
+    raise UsageError(f"--memory-budget: {e}") from None
+  image_size = args.image_size or (None if args.checkpoint else DEFAULT_IMAGE_SIZE)
+  _check_image_size(name, image_size)
+  return name, implementation, budget, image_size
+
+
+def full_ntk(model, x, implementation: str = "auto", memory_budget: int | None = None):
+  """The full NTK Θ(x, x) of a zoo model, timed.
+
+  Returns:
+    (N, N, O, O) numpy kernel, the `Decision` taken, the first call's time (trace, plan,
+    compile, run) and a warm call's time, in seconds.
+  """
+  kernel_fn = ntk_zoo.ntk_fn(model.apply, implementation=implementation, trace_axes=(),
+                             vmap_axes=0, memory_budget=memory_budget)
+  kernel = jax.jit(lambda x, p: kernel_fn(x, None, p))
+  print("computing the full NTK (first call: trace, plan, compile, run) ...", flush=True)
+  try:
+    t0 = time.perf_counter()
+    kernel(x, model.params).block_until_ready()
+    first = time.perf_counter() - t0
+  except memory.BudgetError as e:
+    raise UsageError(f"--memory-budget: {str(e).splitlines()[0]}") from None
+  t0 = time.perf_counter()
+  theta = kernel(x, model.params).block_until_ready()
+  warm = time.perf_counter() - t0
+  return np.asarray(theta), kernel_fn.last_decision, first, warm
 
 
 def spectrum(theta: np.ndarray) -> np.ndarray:
@@ -263,8 +279,7 @@ def _fmt(values: np.ndarray) -> str:
 
 
 def _cost(plan) -> str:
-  from ntk_zoo.ntk.memory import fmt_bytes  # pylint: disable=g-import-not-at-top
-  return f"est. {plan.flops:.3g} FLOPs, peak {fmt_bytes(plan.peak_bytes)}"
+  return f"est. {plan.flops:.3g} FLOPs, peak {memory.fmt_bytes(plan.peak_bytes)}"
 
 
 def _plan_record(plan) -> dict[str, Any]:
@@ -279,7 +294,6 @@ _WIDTHS = {"ti": "Ti", "s": "S", "b": "B", "l": "L"}
 
 def _family(name: str) -> tuple[str, str | None]:
   """("resnet" | "vit" | "mixer" | "other", variant such as "B/16" for vit/mixer)."""
-  from ntk_zoo.models import resnet  # pylint: disable=g-import-not-at-top
   if name in resnet.VARIANTS:
     return "resnet", None
   m = _PATCH_MODEL.fullmatch(name)
@@ -295,7 +309,6 @@ def _check_image_size(name: str, image_size: int | None) -> None:
   family, variant = _family(name)
   if image_size is None or family not in ("vit", "mixer"):
     return
-  from ntk_zoo.models import mixer, vit  # pylint: disable=g-import-not-at-top
   patch = (vit if family == "vit" else mixer).decode_variant(variant).patch_size
   if image_size < patch:
     raise UsageError(f"--image-size {image_size} is too small for {name}: its patches are "
@@ -306,8 +319,6 @@ def _check_image_size(name: str, image_size: int | None) -> None:
 def _build_model(name: str, checkpoint: pathlib.Path | None, num_classes: int | None,
                  image_size: int | None):
   """The zoo model `name`, randomly initialized or with `checkpoint`'s weights."""
-  import ntk_zoo  # pylint: disable=g-import-not-at-top
-  from ntk_zoo.models import flax_checkpoints, mixer, resnet, vit  # pylint: disable=g-import-not-at-top
   if checkpoint is None:
     try:
       return ntk_zoo.models.get(name, num_classes=num_classes or DEFAULT_NUM_CLASSES,
@@ -334,40 +345,60 @@ def _build_model(name: str, checkpoint: pathlib.Path | None, num_classes: int | 
     raise UsageError(f"no {suffix} loader for {name}: use a Flax msgpack file or Orbax "
                      f"directory (ntk_zoo.models.flax_checkpoints.save)")
   if load is None:
-    load = lambda: flax_checkpoints.load_into(ntk_zoo.models.get(name, **kw), checkpoint)  # noqa: E731
+    def load():
+      return flax_checkpoints.load_into(ntk_zoo.models.get(name, **kw), checkpoint)
   try:
     return load()
+  except checkpoints.CheckpointMismatchError as e:
+    raise UsageError(f"checkpoint {_one_line(str(e))}") from None
   except Exception as e:  # pylint: disable=broad-except  (any failure here is the file's)
-    raise UsageError(f"checkpoint {checkpoint} does not fit {name}: {_one_line(str(e))}") from None
+    raise UsageError(f"cannot load {checkpoint} into {name}: {_one_line(str(e))}") from None
 
 
-def _images(args: argparse.Namespace, shape: tuple[int, ...], images_lib):
-  """(n, *shape) float32 images in [0, 1] and their names, from --images or the bundled photos."""
-  size, channels = shape[:2], shape[2]
+def _image_files(args: argparse.Namespace) -> list[pathlib.Path] | None:
+  """The files of --images (None: the bundled photos), checked before any model is built."""
+  if not args.images:
+    if (args.n or DEFAULT_N) > len(images_lib.SAMPLE_PHOTOS):
+      raise UsageError(f"--n {args.n}: there are {len(images_lib.SAMPLE_PHOTOS)} bundled "
+                       "photos; pass --images for more")
+    return None
   try:
-    if not args.images:
-      return images_lib.sample_photos(args.n or DEFAULT_N, size, channels, progress=True)
     files = images_lib.image_files(args.images)
-    if args.n and args.n > len(files):
-      raise UsageError(f"--n {args.n}, but only {len(files)} images in {' '.join(args.images)}")
-    files = files[:args.n] if args.n else files
+  except OSError as e:
+    raise UsageError(str(e)) from None
+  if args.n and args.n > len(files):
+    raise UsageError(f"--n {args.n}, but {' '.join(args.images)} holds {len(files)} image "
+                     "file(s)")
+  return files[:args.n] if args.n else files
+
+
+def _load_images(files: list[pathlib.Path] | None, n: int | None,
+                 shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+  """(n, *shape) float32 images in [0, 1] and their names."""
+  size, channels = shape[:2], shape[2]
+  if files is None:
+    return images_lib.sample_photos(n or DEFAULT_N, size, channels, progress=True)
+  try:
     return images_lib.load_images(files, size, channels, progress=True), [f.name for f in files]
-  except (ValueError, OSError) as e:
+  except ValueError as e:
     raise UsageError(str(e)) from None
 
 
-def _one_line(message: str) -> str:
+def _one_line(message: str, max_items: int = 5) -> str:
   """A multi-line message (e.g. a CheckpointMismatchError's key lists) on one line."""
-  parts: list[str] = []
+  parts: list[tuple[str, list[str]]] = []
   for line in message.splitlines():
     text = line.strip()
-    if not text:
-      continue
     if parts and line.startswith("    "):  # an item under a heading
-      parts[-1] += (" " if parts[-1].endswith(":") else ", ") + text
-    else:
-      parts.append(text)
-  return "; ".join(parts)
+      parts[-1][1].append(text)
+    elif text:
+      parts.append((text.rstrip("."), []))
+  out = []
+  for head, items in parts:
+    listed = [i for i in items if not i.startswith("... and ")]
+    more = ", ..." if len(listed) < len(items) or len(listed) > max_items else ""
+    out.append(f"{head} {', '.join(listed[:max_items])}{more}" if items else head)
+  return "; ".join(out)
 
 
 # ---------------------------------------------------------------------------------------------

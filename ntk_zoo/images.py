@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -144,7 +145,10 @@ def load_images(files: Sequence[str | os.PathLike], size: int | tuple[int, int],
   out = []
   for f in _bar(files, "images", progress):
     try:
-      out.append(fit(io.imread(os.fspath(f)), size, channels))
+      with warnings.catch_warnings():  # imageio's plugins warn while it tries each on a bad file
+        warnings.simplefilter("ignore", DeprecationWarning)
+        image = io.imread(os.fspath(f))
+      out.append(fit(image, size, channels))
     except Exception as e:  # pylint: disable=broad-except  (decoders raise many kinds)
       raise ValueError(f"cannot read {os.fspath(f)} as an image: {_first_line(e)}") from e
   return np.stack(out)
