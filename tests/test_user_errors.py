@@ -95,3 +95,14 @@ def test_non_finite_inputs_warn_once_with_an_opt_out():
     warnings.simplefilter("error", ntk_zoo.NonFiniteInputWarning)
     quiet(x, None, DENSE_PARAMS)
     jax.jit(ntk_zoo.ntk_fn(_dense, trace_axes=(), vmap_axes=0))(x, None, DENSE_PARAMS)  # traced
+
+
+def test_zoo_models_are_float64_under_x64(x64):
+  model = ntk_zoo.models.get("resnet_tiny", num_classes=2, image_size=8)
+  assert {l.dtype for l in jax.tree_util.tree_leaves(model.params)} == {jnp.dtype(jnp.float64)}
+  assert model.input_spec.dummy(1).dtype == jnp.float64
+  kernel = jax.eval_shape(ntk_zoo.ntk_fn(model.apply, trace_axes=()), model.input_spec.dummy(1),
+                          None, model.params)
+  assert kernel.dtype == jnp.float64
+  kept = ntk_zoo.models.get("resnet_tiny", num_classes=2, image_size=8, dtype=jnp.float32)
+  assert {l.dtype for l in jax.tree_util.tree_leaves(kept.params)} == {jnp.dtype(jnp.float32)}

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
 
 from ntk_zoo.models.model import Model
 
@@ -53,10 +58,31 @@ def list_models() -> list[str]:
 def get(name: str, **kwargs) -> Model:
   """Builds the zoo model `name` (see `list_models()`), e.g. `get("resnet50", num_classes=1000)`.
 
-  Keyword arguments go to the architecture's factory (num_classes, seed, dtype, ...).
+  Keyword arguments go to the architecture's factory (num_classes, seed, dtype, ...). Without
+  `dtype`, the model is float32, or float64 when `jax_enable_x64` is on (like `jnp` arrays);
+  `dtype=jnp.float32` keeps a float32 model under x64.
   """
   _load_all()
   key = name.lower()
   if key not in _FACTORIES:
     raise KeyError(f"Unknown model {name!r}. Known models: {', '.join(sorted(_FACTORIES))}.")
-  return _FACTORIES[key](**kwargs)
+  factory = _FACTORIES[key]
+  if "dtype" in kwargs or not jax.config.jax_enable_x64:
+    return factory(**kwargs)
+  if "dtype" in inspect.signature(factory).parameters:
+    return factory(**kwargs, dtype=jnp.float64)
+  return _as_float64(factory(**kwargs))
+
+
+def _as_float64(model: Model) -> Model:
+  """A model whose apply follows its arguments' dtype (Haiku), cast to float64."""
+  from ntk_zoo.models.adapters import BoundApply  # pylint: disable=g-import-not-at-top
+  if not isinstance(model.apply, BoundApply):
+    return model
+  cast = lambda tree: jax.tree_util.tree_map(  # noqa: E731
+      lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+  state = cast(model.state)
+  spec = dataclasses.replace(model.input_spec, dtype=jnp.float64)
+  apply = dataclasses.replace(model.apply, state=cast(model.apply.state), input_spec=spec)
+  return dataclasses.replace(model, apply=apply, params=cast(model.params), state=state,
+                             input_spec=spec)
