@@ -156,6 +156,10 @@ def _route(shapes, subscripts, out, memory_limit) -> Route:
                                             memory_limit=limit)
     except (ValueError, RuntimeError):  # "No contraction found for given `memory_limit`".
       continue
+    if any(len(step) > 2 for step in path):
+      # Under a memory limit opt_einsum ends a path that cannot stay under it with one step
+      # over all remaining operands; jnp.einsum runs only pairwise steps.
+      continue
     r = Route(tuple(tuple(p) for p in path), float(info.opt_cost),
               int(info.largest_intermediate))
     fits = memory_limit is None or r.largest <= memory_limit
