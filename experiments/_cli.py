@@ -106,6 +106,26 @@ class Records:
     self.by_key[self._key(rec)] = rec
 
 
+def log_run(out_dir: pathlib.Path, command_line: str, load_start: str, ran: int) -> list[dict]:
+  """Appends this invocation to `out_dir/runs.jsonl`; returns the ones that ran cells (+ this).
+
+  Each entry: the command, `uptime` at its start and end, and how many cells it ran, so a
+  report built from reused cells still says which commands and machine load produced them.
+  """
+  path = out_dir / "runs.jsonl"
+  entry = {"command": command_line, "load_start": load_start, "load_end": uptime(), "ran": ran,
+           "date": common.machine_info()["date"]}
+  common.append_jsonl(str(path), entry)
+  runs = common.read_jsonl(str(path))
+  return [r for r in runs[:-1] if r["ran"]] + [runs[-1]]
+
+
+def runs_markdown(runs: list[dict]) -> str:
+  """One line per invocation: command, date, cells run, load at start and end."""
+  return "\n".join(f"- `{r['command']}` ({r['date']}; ran {r['ran']} cells): at the start "
+                   f"{r['load_start']}; at the end {r['load_end']}." for r in runs)
+
+
 def uptime() -> str:
   """`uptime`-style load line ("load average: 1.2, 0.9, 0.7 on 2 CPUs")."""
   la = os.getloadavg()

@@ -61,16 +61,13 @@ def unrolled_flops(fn: Callable, *args) -> dict:
   """XLA's FLOPs of `jax.jit(fn)(*args)` compiled with every scan unrolled.
 
   Returns:
-    `{"loops": number of scan/while equations in fn's jaxpr}`, and when there are any,
-    `"flops_unrolled"` (XLA's count of the unrolled program) and `"loops_left"` (True when a
-    `while` loop survived, e.g. a `while_loop` that is not a scan: its body is still counted
-    once).
+    `"loops"` (the number of scan/while equations in fn's jaxpr), `"flops_unrolled"` (XLA's
+    count of the unrolled program; the plain count where there are no loops) and
+    `"loops_left"` (True when a `while` loop survived, e.g. a `while_loop` that is not a scan:
+    its body is still counted once).
   """
   closed = jax.make_jaxpr(fn)(*args)
-  out: dict[str, Any] = {"loops": _loops(closed)}
-  if out["loops"]:
-    flat = jax.tree_util.tree_leaves(args)
-    compiled = jax.jit(jex_core.jaxpr_as_fun(_unrolled(closed))).lower(*flat).compile()
-    out["flops_unrolled"] = _flops(compiled)
-    out["loops_left"] = " while(" in compiled.as_text()
-  return out
+  flat = jax.tree_util.tree_leaves(args)
+  compiled = jax.jit(jex_core.jaxpr_as_fun(_unrolled(closed))).lower(*flat).compile()
+  return {"loops": _loops(closed), "flops_unrolled": _flops(compiled),
+          "loops_left": " while(" in compiled.as_text()}

@@ -13,8 +13,8 @@ a cell that passes `timeout_s` or `mem_limit_mb` (or whose kernel raises `Budget
 no blocking fits `memory_budget_mb`) is a missing point, and wider cells of that method and
 (N, O) are not tried. Time: the warm-run median of `benchmarks.common.time_fn`. FLOPs: XLA's
 `cost_analysis()` of the compiled kernel, with every `scan` unrolled where the kernel has loops
-(XLA counts a loop body once; see `_flops.py`). Per NTK entry: divided by (N·O)². An ok cell
-without FLOPs (no time left to count them) is rerun on the next run.
+(XLA counts a loop body once; see `_flops.py`), counted in a second subprocess where the timed
+one has no time left. Per NTK entry: divided by (N·O)².
 
 Records: `out_dir/cells.jsonl` (finished cells, skipped on a rerun), `out_dir/fcn_scaling.png`,
 `out_dir/report.md`.
@@ -67,9 +67,11 @@ def get_config(full: bool = False) -> ml_collections.ConfigDict:
   c.repeats = 3
   c.min_time_s = 0.2
   c.timeout_s = 30.0
-  # A small accelerator's worth of memory, so out-of-memory shows within the CPU grid.
+  # A small accelerator's worth of memory, so out-of-memory shows within the CPU grid. No
+  # `memory_budget`: the engines plan for the machine's RAM, as they would for a device's
+  # memory, and a method that needs more than the cap is killed (a missing point).
   c.mem_limit_mb = 2500.0
-  c.memory_budget_mb = 1500.0
+  c.memory_budget_mb = 0.0
   c.skip_wider = True
   if full:
     c.widths = [2 ** k for k in range(6, 14)]  # 64 ... 8192
@@ -85,6 +87,7 @@ def get_config(full: bool = False) -> ml_collections.ConfigDict:
 # One cell, in its own subprocess.
 
 def _measure(cell: dict) -> dict:
+  """Times the kernel (`cell["mode"] == "time"`) or only counts its FLOPs ("flops")."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ntk_zoo  # pylint: disable=g-import-not-at-top
   from ntk_zoo.ntk.memory import BudgetError  # pylint: disable=g-import-not-at-top
@@ -97,6 +100,9 @@ def _measure(cell: dict) -> dict:
   kernel = ntk_zoo.ntk_fn(common.fcn_apply, implementation=cell["implementation"],
                           trace_axes=(), vmap_axes=0, memory_budget=budget)
   fn = lambda a, b, p: kernel(a, b, p)  # noqa: E731
+  if cell["mode"] == "flops":
+    res = _flops.unrolled_flops(fn, x1, x2, params)
+    return {**res, "xla_flops": res["flops_unrolled"]}
   left = lambda: cell["timeout_s"] - (time.time() - _PROC_T0) - 3.0  # noqa: E731
   try:
     res = common.time_fn(fn, x1, x2, params, repeats=cell["repeats"], time_budget_s=left(),
@@ -110,7 +116,7 @@ def _measure(cell: dict) -> dict:
   res["loops"] = _flops.loops(fn, x1, x2, params)
   if not res["loops"]:
     res["xla_flops"] = res["flops"]
-  elif left() > 2 * res["compile_s"]:  # Else no time to count the unrolled program: no FLOPs.
+  elif left() > 3 * res["compile_s"] + 5:  # Else `run` counts them in a cell of their own.
     res.update(_flops.unrolled_flops(fn, x1, x2, params))
     res["xla_flops"] = res["flops_unrolled"]
   return res
@@ -128,12 +134,12 @@ def _key(r: dict) -> tuple:
   return (r["n"], r["outputs"], r["width"], r["depth"], r["implementation"])
 
 
-def _finished(rec: dict | None) -> bool:
-  """A failed cell, or one that measured time and FLOPs (errors and gaps are retried)."""
-  if rec is None:
-    return False
-  return rec.get("status") in FAILED or (rec.get("status") == "ok"
-                                         and rec.get("xla_flops") is not None)
+def _subprocess(job: dict, config, mode: str) -> dict:
+  """One cell in its own process: "time" (the measurement) or "flops" (the unrolled count)."""
+  cell = dict(job, mode=mode, repeats=config.repeats, min_time_s=config.min_time_s,
+              timeout_s=config.timeout_s, memory_budget_mb=config.memory_budget_mb)
+  cmd = [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell)]
+  return common.run_cell(cmd, config.timeout_s, config.mem_limit_mb or None, cwd=_cli.REPO)
 
 
 def _jobs(config) -> list[dict]:
@@ -173,14 +179,17 @@ def run(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> dict:
     if config.skip_wider and failed_at.get(group, math.inf) < job["width"]:
       continue
     rec = records.get(_key(job))
-    if not _finished(rec):
-      bar.set_postfix_str(f"N={job['n']} O={job['outputs']} W={job['width']} "
-                          f"{SHORT[job['implementation']]}")
-      cell = dict(job, repeats=config.repeats, min_time_s=config.min_time_s,
-                  timeout_s=config.timeout_s, memory_budget_mb=config.memory_budget_mb)
-      cmd = [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell)]
-      rec = common.run_cell(cmd, config.timeout_s, config.mem_limit_mb or None, cwd=_cli.REPO)
-      rec.update(job, commit=commit)
+    bar.set_postfix_str(f"N={job['n']} O={job['outputs']} W={job['width']} "
+                        f"{SHORT[job['implementation']]}")
+    if rec is None or rec.get("status") not in ("ok", *FAILED):  # Errors are retried.
+      rec = {**_subprocess(job, config, "time"), **job, "commit": commit}
+      records.add(rec)
+      ran += 1
+    if _ok(rec) and rec.get("xla_flops") is None and "flops_cell" not in rec:
+      # Loops, and no time left in the timed cell to count them unrolled.
+      counted = _subprocess(job, config, "flops")
+      rec = {**rec, "flops_cell": counted["status"], "xla_flops": counted.get("xla_flops"),
+             **{k: counted[k] for k in ("loops", "flops_unrolled", "loops_left") if k in counted}}
       records.add(rec)
       ran += 1
     if rec.get("status") in FAILED:
@@ -190,7 +199,8 @@ def run(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> dict:
   cells = [c for c in cells if c is not None]
   checks = predictions(cells)
   figure = plot(cells, config, out_dir / f"{NAME}.png")
-  report = markdown(cells, config, checks, load_start, _cli.uptime())
+  runs = _cli.log_run(out_dir, _cli.command(NAME, config, get_config), load_start, ran)
+  report = markdown(cells, config, checks, runs)
   (out_dir / "report.md").write_text(report)
   if config.publish:
     fig_dir = _cli.REPO / "experiments" / "figures"
@@ -298,7 +308,8 @@ def plot(cells: list[dict], config, path: pathlib.Path) -> pathlib.Path:
           ax.set_xlabel("width W", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(True, which="major", alpha=0.3)
-  axes[0, 0].legend(fontsize=7)
+  if axes[0, 0].get_legend_handles_labels()[0]:
+    axes[0, 0].legend(fontsize=7)
   fig.suptitle(f"{config.depth}-layer ReLU FCN, full NTK Θ (N, N, O, O): XLA FLOPs (left) and "
                "wall time (right) per entry; missing points: out of memory / time", fontsize=10)
   fig.tight_layout()
@@ -311,13 +322,17 @@ def _fmt(r: dict | None, field: str, scale: float = 1.0) -> str:
   if r is None:
     return "·"
   if r.get("status") != "ok":
+    if r.get("status") == "oom" and "BudgetError" in str(r.get("error")):
+      return "OOM¹"
     return {"oom": "OOM", "timeout": "timeout"}.get(r.get("status"), "error")
   v = r.get(field)
+  if v is None and field == "xla_flops" and r.get("flops_cell"):
+    return f"{r['flops_cell']}²"
   return "—" if v is None else common.fmt_num(v * scale)
 
 
-def markdown(cells: list[dict], config, checks: dict, load_start: str, load_end: str) -> str:
-  """The report: command, machine and load, the table, the predictions tallied."""
+def markdown(cells: list[dict], config, checks: dict, runs: list[dict]) -> str:
+  """The report: commands, machine and load, the table, the predictions tallied."""
   g = _grid(cells)
   m = common.machine_info()
   jax_v = sorted({c.get("jax_version") for c in cells if c.get("jax_version")})
@@ -325,20 +340,22 @@ def markdown(cells: list[dict], config, checks: dict, load_start: str, load_end:
   commits = sorted({c.get("commit", "?") for c in cells})
   impls = list(config.implementations)
   lines = [
-      f"Command: `{_cli.command(NAME, config, get_config)}` (cells finished earlier were reused "
-      "from `cells.jsonl`).", "",
+      "Commands (from the repository root; the last one reused the cells of the others from "
+      "`cells.jsonl`), with the machine load (`uptime`) at their start and end:", "",
+      _cli.runs_markdown(runs), "",
       f"Machine: {m['cpu_count']} CPUs ({m['cpu_model']}), shared with other jobs; JAX "
-      f"{', '.join(jax_v) or '?'}; ntk_zoo at {', '.join(commits)}; {m['date']}. Load "
-      f"(`uptime`) at the start: {load_start}; at the end: {load_end}"
+      f"{', '.join(jax_v) or '?'}; ntk_zoo at {', '.join(commits)}"
       + (f"; 1-min load at the cells' start/end: median {loads[len(loads) // 2]:.1f}, range "
          f"{loads[0]:.1f}–{loads[-1]:.1f}" if loads else "") + ".", "",
       f"Limits per cell: {config.timeout_s:.0f} s (imports + compile + runs), resident memory "
       + (f"{config.mem_limit_mb:.0f} MB" if config.mem_limit_mb else "uncapped")
       + (f", `memory_budget={config.memory_budget_mb:.0f} MB`" if config.memory_budget_mb
-         else "") + "; OOM = over the cap or no plan fits the budget (`BudgetError`); "
-      "· = not run (the method failed at a smaller W).", "",
-      "Time: warm-run median, ms. GFLOP: XLA `cost_analysis()` of the compiled kernel (scans "
-      "unrolled). auto: the method it chose in brackets.", "",
+         else "") + ". OOM: killed at the memory cap; OOM¹: the engine's plan did not fit the "
+      "budget (`BudgetError` before anything ran); timeout: past the time limit; · = not run "
+      "(the method failed at a smaller W).", "",
+      "Time: warm-run median, ms. GFLOP: XLA `cost_analysis()` of the compiled kernel, scans "
+      "unrolled (counted in a second subprocess where the timed cell had no time left; ² that "
+      "count failed). auto: the method it chose in brackets.", "",
   ]
   head = ["N", "O", "W"] + [f"{SHORT[i]} ms" for i in impls] + [
       f"{SHORT[i]} GFLOP" for i in impls if i != "auto"] + ["fastest", "fewest FLOPs"]

@@ -266,7 +266,8 @@ def run(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> dict:
     cells.append(rec)
   bar.close()
   figure = plot(cells, out_dir, out_dir / f"{NAME}.png")
-  report = markdown(cells, config, load_start, _cli.uptime())
+  runs = _cli.log_run(out_dir, _cli.command(NAME, config, get_config), load_start, ran)
+  report = markdown(cells, config, runs)
   (out_dir / "report.md").write_text(report)
   if config.publish:
     fig_dir = _cli.REPO / "experiments" / "figures"
@@ -316,13 +317,14 @@ def plot(cells: list[dict], out_dir: pathlib.Path, path: pathlib.Path) -> pathli
   return path
 
 
-def markdown(cells: list[dict], config, load_start: str, load_end: str) -> str:
-  """The report: command, machine and load, per model the kernel's and approximations' numbers."""
+def markdown(cells: list[dict], config, runs: list[dict]) -> str:
+  """The report: commands, machine and load, per model the kernel's and approximations' numbers."""
   m = common.machine_info()
   lines = [
-      f"Command: `{_cli.command(NAME, config, get_config)}`.", "",
-      f"Machine: {m['cpu_count']} CPUs ({m['cpu_model']}), shared with other jobs; {m['date']}. "
-      f"Load (`uptime`) at the start: {load_start}; at the end: {load_end}.", "",
+      "Commands (from the repository root; a later one reuses the kernels of earlier ones), "
+      "with the machine load (`uptime`) at their start and end:", "",
+      _cli.runs_markdown(runs), "",
+      f"Machine: {m['cpu_count']} CPUs ({m['cpu_model']}), shared with other jobs.", "",
       f"Photos (bundled with scikit-image): {', '.join(config.photos)}; weights: "
       + (f"`{config.checkpoint}`" if config.checkpoint else f"random init (seed {config.seed})")
       + ".", "",
