@@ -106,3 +106,50 @@ def test_zoo_models_are_float64_under_x64(x64):
   assert kernel.dtype == jnp.float64
   kept = ntk_zoo.models.get("resnet_tiny", num_classes=2, image_size=8, dtype=jnp.float32)
   assert {l.dtype for l in jax.tree_util.tree_leaves(kept.params)} == {jnp.dtype(jnp.float32)}
+
+
+@jax.custom_vjp
+def _doubled_grad_dense(w, x):
+  return x @ w
+
+
+# The derivative this custom_vjp defines (twice the true one for w) is what jax.jacobian uses.
+_doubled_grad_dense.defvjp(lambda w, x: (x @ w, (w, x)),
+                           lambda res, g: (2 * res[1].T @ g, g @ res[0].T))
+
+
+@jax.custom_vjp
+def _clipped_grad_dense(w, x):
+  return x @ w
+
+
+_clipped_grad_dense.defvjp(lambda w, x: (x @ w, (w, x)),
+                           lambda res, g: (res[1].T @ jnp.clip(g, -0.1, 0.1), g @ res[0].T))
+
+
+def test_custom_vjp_parameters_take_the_structured_path(monkeypatch):
+  from ntk_zoo.ntk.structured import UnstructuredPrimitiveWarning  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.ntk.structured import program  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.testing import assert_ntk_close, reference_ntk  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(program, "_WARNED", set())
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  params = {"w1": jax.random.normal(keys[0], (3, 5)), "w2": jax.random.normal(keys[1], (5, 2))}
+  x = jax.random.normal(keys[2], (4, 3))
+  for dense in (_doubled_grad_dense, _clipped_grad_dense):
+    def f(p, x, dense=dense):
+      return jnp.tanh(dense(p["w1"], x)) @ p["w2"]
+    expected = reference_ntk(f, x, None, params, trace_axes=())
+    kernel = ntk_zoo.ntk_fn(f, implementation="structured_derivatives", trace_axes=(),
+                            vmap_axes=0)
+    with warnings.catch_warnings(record=True) as record:
+      warnings.simplefilter("always")
+      assert_ntk_close(kernel(x, None, params), expected)  # float32: max-normalized error 1e-4
+    messages = [str(r.message) for r in record if r.category is UnstructuredPrimitiveWarning]
+    if dense is _doubled_grad_dense:  # bwd is linear: transposed into ordinary, structured ops
+      assert not messages
+      for impl in ("ntk_vector_products", "auto"):
+        got = ntk_zoo.ntk_fn(f, implementation=impl, trace_axes=(), vmap_axes=0)(x, None, params)
+        assert_ntk_close(got, expected)
+    else:  # a clipping bwd cannot be transposed: materialized through bwd, and said so
+      assert len(messages) == 1 and "jax.custom_vjp function" in messages[0]
+      assert "register a rule" not in messages[0].lower()

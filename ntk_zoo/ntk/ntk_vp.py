@@ -21,6 +21,7 @@ from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.cost import Estimate, eqn_cost
 from ntk_zoo.ntk.memory import BudgetError, Plan, fmt_bytes
 from ntk_zoo.ntk.problem import Problem, per_example
+from ntk_zoo.ntk.structured import flatten
 from ntk_zoo.ntk.typing import PyTree
 
 
@@ -28,6 +29,7 @@ def full_kernel(f: Callable, params: PyTree, x1: PyTree, x2: PyTree, leaf: int,
                 chunk: int = _tree.MAX_VMAP_ROWS) -> jax.Array:
   """Θ for output leaf `leaf` with every axis kept: shape (*out_shape1, *out_shape2)."""
   _, f1_lin = jax.linearize(lambda p: f(p, x1), params)
+  f1_lin = flatten.evaluable(f1_lin, params)  # Through jax.custom_vjp too.
   out2, vjp2 = jax.vjp(lambda p: f(p, x2), params)
   out2_leaves, out2_tree = jax.tree_util.tree_flatten(out2)
   o2 = out2_leaves[leaf]
@@ -112,6 +114,10 @@ class VectorProductEngine:
       cols = math.prod(shape2)
       est = g_cost * (cols * pairs)
       total = est if total is None else total + est
+    if flatten.custom_lin_names(program.jaxpr):
+      # A custom_vjp whose bwd cannot be transposed has no forward derivative: never chosen
+      # by auto (asked for explicitly, the kernel raises naming the function).
+      total = Estimate(math.inf, math.inf)
     return Plan(self.name, tuple((chunk,) for _ in prep.leaves), fixed + chunk * per_col,
                 total.flops, total.bytes, full_budget, "chunks")
 

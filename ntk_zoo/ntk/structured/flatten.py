@@ -10,7 +10,8 @@ primitives (`cond`, `while`) are kept whole: parameters they consume take the un
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,8 @@ from jax import lax
 
 from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.structured.rewrites import REWRITES
+
+PyTree = Any
 
 
 def eval_inlined(jaxpr: C.Jaxpr, consts: Sequence, args: Sequence) -> list:
@@ -67,6 +70,50 @@ def _unroll_scan(eqn: C.JaxprEqn, invals: list) -> list:
   n_ys = len(eqn.outvars) - n_carry
   ys = [jnp.stack([ys_steps[i][k] for i in range(length)]) for k in range(n_ys)]
   return [*carry, *ys]
+
+
+def has_custom_lin(jaxpr: C.Jaxpr) -> bool:
+  """Whether `jaxpr` or an inner jaxpr holds a `custom_lin` (a jax.custom_vjp)."""
+  return any(eqn.primitive is C.prims.custom_lin_p
+             or any(has_custom_lin(getattr(j, "jaxpr", j)) for j in C.jaxprs_in_params(eqn.params))
+             for eqn in jaxpr.eqns)
+
+
+def evaluable(f_lin: Callable, tangents: PyTree) -> Callable:
+  """`f_lin` (e.g. from `jax.linearize`), runnable forward even through `jax.custom_vjp`.
+
+  A custom_vjp's linearization (`custom_lin`) has no forward rule; when `f_lin` contains one,
+  the returned function evaluates its flattened jaxpr, where `custom_lin` is the transpose of
+  the custom_vjp's bwd (`rewrites.py`). Otherwise `f_lin` itself is returned.
+
+  Raises:
+    NotImplementedError: a custom_vjp whose bwd cannot be transposed (not linear in its
+      cotangents): its forward derivative does not exist.
+  """
+  closed, out = jax.make_jaxpr(f_lin, return_shape=True)(tangents)
+  if not has_custom_lin(closed.jaxpr):
+    return f_lin
+  flat = flatten(closed)
+  names = custom_lin_names(flat.jaxpr)
+  if names:
+    raise NotImplementedError(
+        f"A jax.custom_vjp function (bwd rule {', '.join(names)}) has a bwd that is not linear "
+        "in its cotangents (it cannot be transposed), so no forward derivative exists for "
+        "implementation='ntk_vector_products'. Use 'structured_derivatives' or "
+        "'jacobian_contraction' (both apply bwd itself).")
+  out_tree = jax.tree_util.tree_structure(out)
+
+  def fn(t):
+    outs = eval_inlined(flat.jaxpr, flat.consts, [*closed.consts, *jax.tree_util.tree_leaves(t)])
+    return jax.tree_util.tree_unflatten(out_tree, outs)
+
+  return fn
+
+
+def custom_lin_names(jaxpr: C.Jaxpr) -> list[str]:
+  """Names of the custom_vjp functions whose `custom_lin` is left in a flat jaxpr."""
+  return sorted({C.custom_lin_name(e.params) for e in jaxpr.eqns
+                 if e.primitive is C.prims.custom_lin_p})
 
 
 def flatten(closed: C.ClosedJaxpr) -> C.ClosedJaxpr:

@@ -48,16 +48,26 @@ class UnstructuredPrimitiveWarning(UserWarning):
   """A parameter is consumed by a primitive with no structure rule (correct but slower)."""
 
 
-def _warn_once(prim_name: str) -> None:
+def _warn_once(eqn: C.JaxprEqn) -> None:
   import warnings  # pylint: disable=g-import-not-at-top
+  prim_name = str(eqn.primitive)
+  if eqn.primitive is C.prims.custom_lin_p:  # A jax.custom_vjp whose bwd is not transposable.
+    prim_name = f"custom_vjp bwd {C.custom_lin_name(eqn.params)}"
+    message = (
+        f"Structured derivatives: a parameter goes through a jax.custom_vjp function (bwd rule "
+        f"'{C.custom_lin_name(eqn.params)}') whose bwd is not linear in its cotangents, so its "
+        "structure cannot be read off; its Jacobian is materialized through bwd instead (correct, "
+        "but slower and larger). A bwd linear in its cotangents (or jax.custom_jvp) takes the "
+        "structured path.")
+  else:
+    message = (
+        f"Structured derivatives: no structure rule for primitive '{prim_name}' consuming a "
+        "parameter; its Jacobian is materialized instead (correct, but slower and larger). "
+        "Register a rule with ntk_zoo.ntk.structured.rules.defstructure to speed it up.")
   if prim_name in _WARNED:
     return
   _WARNED.add(prim_name)
-  warnings.warn(
-      f"Structured derivatives: no structure rule for primitive '{prim_name}' consuming a "
-      "parameter; its Jacobian is materialized instead (correct, but slower and larger). "
-      "Register a rule with ntk_zoo.ntk.structured.rules.defstructure to speed it up.",
-      UnstructuredPrimitiveWarning, stacklevel=5)
+  warnings.warn(message, UnstructuredPrimitiveWarning, stacklevel=5)
 
 
 class SiteKind(str, enum.Enum):
@@ -193,7 +203,7 @@ def analyze(closed: C.ClosedJaxpr, n_consts: int, jacobian_leaves: frozenset[int
       if view is not None:
         add_use(view.leaf, view, identity(view), Site(SiteKind.OPERAND, k, i))
         if eqn.primitive not in IDENTITY_PRIMITIVES:
-          _warn_once(str(eqn.primitive))
+          _warn_once(eqn)
     g_eqns.append(k)
 
   for j, v in enumerate(jaxpr.outvars):

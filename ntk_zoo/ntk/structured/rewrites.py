@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
@@ -54,6 +55,27 @@ def _select_and_gather_add(tangent, operand, *, select_prim, window_dimensions, 
 
 
 REWRITES[C.prims.select_and_gather_add_p] = _select_and_gather_add
+
+
+def _custom_lin(*invals, **params):
+  """A `jax.custom_vjp` function's linearization, as the ops its `bwd` transposes to.
+
+  `custom_lin` is opaque (only its transpose, the user's bwd, is defined); re-expressed as the
+  transpose of bwd, the parameters it consumes meet ordinary primitives with structure rules
+  (the derivative is still exactly the one bwd defines). A bwd that is not linear in its
+  cotangents cannot be transposed: the equation stays, and its parameters take the
+  materialized path (`program.py` warns, naming the custom_vjp).
+  """
+  from ntk_zoo.ntk.structured.flatten import eval_inlined  # pylint: disable=g-import-not-at-top
+  avals = [jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)) for v in invals]
+  try:
+    closed = C.custom_lin_jaxpr(avals, **params)
+  except Exception:  # noqa: BLE001  (any failure to transpose bwd: keep the opaque equation)
+    return C.prims.custom_lin_p.bind(*invals, **params)
+  return eval_inlined(closed.jaxpr, closed.consts, invals)
+
+
+REWRITES[C.prims.custom_lin_p] = _custom_lin
 
 
 # ---------------------------------------------------------------------------------------------
