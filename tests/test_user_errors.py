@@ -153,3 +153,16 @@ def test_custom_vjp_parameters_take_the_structured_path(monkeypatch):
     else:  # a clipping bwd cannot be transposed: materialized through bwd, and said so
       assert len(messages) == 1 and "jax.custom_vjp function" in messages[0]
       assert "register a rule" not in messages[0].lower()
+
+
+def test_readmes_name_only_files_inside_the_repository():
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  for readme in (root / "README.md", root / "benchmarks" / "README.md"):
+    text = readme.read_text()
+    assert "../" not in text, f"{readme} points outside the repository"
+    # Paths named in the text (placeholders such as experiments/FIGURE.py are upper case).
+    for path in re.findall(r"\b((?:benchmarks|experiments|ntk_zoo|tests)/[a-z_][\w/.-]*"
+                           r"\.(?:py|sh|md))", text):
+      assert (root / path).exists() or (readme.parent / path).exists(), f"{readme}: {path}"
