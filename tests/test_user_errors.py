@@ -94,7 +94,9 @@ def test_non_finite_inputs_warn_once_with_an_opt_out():
   with warnings.catch_warnings():
     warnings.simplefilter("error", ntk_zoo.NonFiniteInputWarning)
     quiet(x, None, DENSE_PARAMS)
-    jax.jit(ntk_zoo.ntk_fn(_dense, trace_axes=(), vmap_axes=0))(x, None, DENSE_PARAMS)  # traced
+    traced = ntk_zoo.ntk_fn(_dense, trace_axes=(), vmap_axes=0)
+    jax.jit(traced)(x, None, DENSE_PARAMS)  # tracers: not checked
+    jax.jit(lambda p: traced(x, None, p))(DENSE_PARAMS)  # concrete x inside a trace: not checked
 
 
 def test_zoo_models_are_float64_under_x64(x64):

@@ -276,7 +276,10 @@ def _warn_non_finite(x1: PyTree, x2: PyTree | None, params: PyTree) -> bool:
            and not _compat.is_tracer(l)]
   if not named:
     return False
-  finite = np.asarray(_finite_leaves([l for _, l in named]))
+  finite = _finite_leaves([l for _, l in named])
+  if _compat.is_tracer(finite):  # Inside an outer trace (e.g. jit of a function calling the
+    return False                 # kernel with closed-over arrays): unused, so dropped.
+  finite = np.asarray(finite)
   bad = [name for (name, _), ok in zip(named, finite) if not ok]
   if not bad:
     return False
