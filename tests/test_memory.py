@@ -85,8 +85,9 @@ def _run(engine, prob: Problem, plan: Plan):
   return jax.jit(lambda p: engine.kernel(dataclasses.replace(prob, params=p), plan))(prob.params)
 
 
-def _sweep_plans(engine, prob):
-  """Every blocking shape: unblocked, uniform blocks of 5 and 2, and split sweeps."""
+def _sweep_plans(engine, prob, thorough: bool):
+  """Every blocking shape: unblocked, uniform blocks of 5 and 2, and split sweeps (at about
+  four cuts when `thorough`, else at one: blocks of 5 split at a middle cut)."""
   prep = engine.prepare(prob)
   leaf = prep.leaves[0]
   size = leaf.shapes[0][leaf.block_axis]
@@ -97,18 +98,23 @@ def _sweep_plans(engine, prob):
                    10 ** 9, keep)
   cuts = [t for t, _ in keep[0].cuts if 0 < t < len(prep.lp.program.g_eqns)]
   if leaf.block_role() is ntk_zoo.ntk.options.Role.PAIR:
-    for t in cuts[:: max(1, len(cuts) // 4)]:
-      plans += [(leaf.block_axis, 5, 3, t), (leaf.block_axis, size, 1, t)]
+    if thorough:
+      for t in cuts[:: max(1, len(cuts) // 4)]:
+        plans += [(leaf.block_axis, 5, 3, t), (leaf.block_axis, size, 1, t)]
+    elif cuts:
+      plans = plans[:2] + [(leaf.block_axis, 5, 3, cuts[len(cuts) // 2])]
   return [Plan(engine.name, (b,), 0, 0, 0, 10 ** 9) for b in plans]
 
 
+@pytest.mark.parametrize("thorough", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["some-plans", "all-plans"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("engine", [sweep_engine.STRUCTURED, sweep_engine.JACOBIAN],
                          ids=lambda e: e.name)
-def test_every_blocking_equals_reference(engine, setting):
+def test_every_blocking_equals_reference(engine, setting, thorough):
   prob = _problem(setting)
   ref = _reference(setting)
-  plans = _sweep_plans(engine, prob)
+  plans = _sweep_plans(engine, prob, thorough)
   assert any(pl.blocks[0][3] for pl in plans) or SETTINGS[setting][:2] != ((), ())
   for plan in plans:
     k = _run(engine, prob, plan)
@@ -126,8 +132,9 @@ def test_vector_products_chunks_equal_reference(chunk):
   assert_ntk_close(np.asarray(jax.tree_util.tree_leaves(k)[0]), _reference("full-vmap-x2"))
 
 
-@pytest.mark.parametrize("implementation", ["structured_derivatives", "jacobian_contraction",
-                                            "ntk_vector_products"])
+@pytest.mark.parametrize("implementation", [
+    "structured_derivatives", pytest.param("jacobian_contraction", marks=pytest.mark.slow),
+    pytest.param("ntk_vector_products", marks=pytest.mark.slow)])
 def test_small_budget_blocks_and_is_respected(implementation):
   """A budget below the unblocked plan's peak: the planner blocks, XLA's peak fits."""
   p, x1, x2 = case()
@@ -162,8 +169,10 @@ def test_small_budget_blocks_and_is_respected(implementation):
   assert_ntk_close(np.asarray(fn(x1, x2, p)), reference_ntk(cnn, x1, x2, p, trace_axes=()))
 
 
-@pytest.mark.parametrize("implementation", ["auto", "structured_derivatives",
-                                            "jacobian_contraction", "ntk_vector_products"])
+# The error's budget is checked against XLA's count (a few compiles): auto and JC are slow.
+@pytest.mark.parametrize("implementation", [
+    pytest.param("auto", marks=pytest.mark.slow), "structured_derivatives",
+    pytest.param("jacobian_contraction", marks=pytest.mark.slow), "ntk_vector_products"])
 def test_too_small_budget_names_the_budget_that_works(implementation):
   p, x1, x2 = case()
   kernel = ntk_zoo.ntk_fn(cnn, implementation=implementation, trace_axes=(), vmap_axes=0,

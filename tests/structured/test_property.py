@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from jax import lax
@@ -287,9 +288,20 @@ def network_fn(layers):
   return f
 
 
-@settings(max_examples=25, deadline=None, derandomize=True)
+@settings(max_examples=10, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_structured_matches_reference_on_random_networks(seed):
+  _check_random_network(seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_structured_matches_reference_on_more_random_networks(seed):
+  _check_random_network(seed)
+
+
+def _check_random_network(seed):
   r = _Chooser(seed)
   net = random_network(r)
   n1, n2 = r.integer(1, 3), r.integer(1, 3)
