@@ -20,6 +20,7 @@ from ntk_zoo.ntk import _tree
 from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.cost import Estimate, eqn_cost
 from ntk_zoo.ntk.memory import BudgetError, Plan, fmt_bytes
+from ntk_zoo.ntk.options import Role
 from ntk_zoo.ntk.problem import Problem, per_example
 from ntk_zoo.ntk.structured import flatten
 from ntk_zoo.ntk.typing import PyTree
@@ -68,6 +69,19 @@ def _column_cost(program) -> Estimate:
   return total
 
 
+def _copies(problem: Problem, pe) -> tuple[int, int, int]:
+  """(pairs, n1, n2): how many per-example copies the vmapped pair kernels hold of a value that
+  depends on both examples, on x1's only, and on x2's only."""
+  if not pe.per_example:
+    return 1, 1, 1
+  n1, n2 = pe.n
+  roles = [problem.opts.roles(len(np.shape(o1)))[a]
+           for (o1, _), a in zip(problem.out_leaves(), pe.batch_axes)]
+  if all(r is Role.PAIR for r in roles):
+    return n1 * n2, n1, n2
+  return n1 * n2 if Role.PAIR in roles else n1, n1, n2  # diagonal/traced: one vmap over (i, i)
+
+
 class VectorProductEngine:
   """NTK-vector products with the column chunk sized to the memory budget."""
 
@@ -81,7 +95,7 @@ class VectorProductEngine:
     from ntk_zoo.ntk.structured import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
     prep = sweep_engine.JACOBIAN.prepare(problem)
     program, pe = prep.lp.program, prep.pe
-    pairs = pe.n[0] * pe.n[1] if pe.per_example else 1
+    pairs, n1, n2 = _copies(problem, pe)
     param_bytes = sum(math.prod(np.shape(l)) * np.dtype(l.dtype).itemsize
                       for l in jax.tree_util.tree_leaves(problem.params))
     # Per column: the parameter tangent, plus the working set of one backward/forward pass,
@@ -95,8 +109,11 @@ class VectorProductEngine:
                                  tuple((1,) * len(s) for s in leaf.shapes))
       sweep_lib.sweep(program, [side], cts0, spec, probe=probe)
       work = max(work, probe.peak_live)
-    fixed = 2 * pairs * side.const_bytes
-    per_col = pairs * (param_bytes + 2 * work)
+    # Under vmap a value is batched only over what it depends on: x1's linearization residuals
+    # over x1's examples, x2's VJP and its parameter tangents over x2's examples; the JVP's
+    # tangent activations over the pairs.
+    fixed = (n1 + n2) * side.const_bytes
+    per_col = n2 * (param_bytes + work) + pairs * work
     outs = sum(math.prod(o1.shape) * math.prod(o2.shape) * o1.dtype.itemsize
                for o1, o2 in problem.out_leaves())
     fixed += 2 * outs
