@@ -27,7 +27,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `from benchmarks import common` when run as a script.
   sys.path.insert(0, str(REPO))
 
-from benchmarks import common  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _parse_value(text: str, old):

@@ -1,7 +1,7 @@
 """The full O×O-block NTK of a zoo model on real photos: spectrum, conditioning, and what cheaper
 kernels throw away.
 
-    python experiments/imagenet_photos.py                 # resnet18, 64², O = 10, 4 photos
+    python experiments/imagenet_photos.py                 # resnet18, 64², O = 100, 4 photos
     python experiments/imagenet_photos.py --publish       # + figures/ PNG and RESULTS.md
     python experiments/imagenet_photos.py --full          # ResNet-50, 224², O = 1000, 2 photos
     python experiments/imagenet_photos.py --full --set checkpoint=resnet50.safetensors
@@ -11,8 +11,8 @@ nothing is downloaded) or image files, centre-cropped, resized, and normalized b
 `input_spec`. Weights: the checkpoint in
 `config.checkpoint` (torchvision/timm `.safetensors` for ResNets, vit_jax/big_vision `.npz` for
 ViT/Mixer, Flax msgpack / Orbax for any zoo model; a 1000-logit file with a smaller
-`num_classes` keeps the first O logits), else random init. The `--full` setting took ~8 min and
-~15 GB on a 2-core CPU (benchmarks/RESULTS.md).
+`num_classes` keeps the first O logits), else random init. The `--full` kernel takes ~10 min and
+~15 GB on a 2-core CPU (benchmarks/README.md).
 
 Kernel: Θ = `ntk_fn(model.apply, trace_axes=(), vmap_axes=0)(x, None, params)`, (N, N, O, O),
 read as the N·O × N·O matrix K[(n, o), (n', o')] = Θ[n, n', o, o']. It is compared with three
@@ -58,10 +58,11 @@ LABELS = {"full": "full NTK K", "pseudo": "pseudo-NTK Θ_ps (sum of logits)",
 
 
 def get_config(full: bool = False) -> ml_collections.ConfigDict:
-  """CPU-sized: resnet18 at 64², O = 10, 4 photos; `full`: ResNet-50 at 224², O = 1000, 2 photos.
+  """CPU-sized: resnet18 at 64², O = 100, 4 photos; `full`: ResNet-50, 224², O = 1000, 2 photos.
 
   Fields: `models` (zoo names, one cell each), `image_size`, `num_classes` (O), `photos`
-  (`ntk_zoo.images.SAMPLE_PHOTOS` names or image files), `checkpoint` ("" = random init; one model only),
+  (`ntk_zoo.images.SAMPLE_PHOTOS` names or image files), `checkpoint` ("" = random init; one
+  model only),
   `implementation`, `memory_budget` ("" = ntk_fn's default), `seed` (random init).
   """
   c = ml_collections.ConfigDict()
@@ -69,7 +70,7 @@ def get_config(full: bool = False) -> ml_collections.ConfigDict:
   c.publish = False
   c.models = ["resnet18"]
   c.image_size = 64
-  c.num_classes = 10
+  c.num_classes = 100
   c.photos = ["astronaut", "chelsea", "coffee", "rocket"]
   c.checkpoint = ""
   c.implementation = "auto"
@@ -112,7 +113,8 @@ def _variant(name: str) -> str:
 def load_model(name: str, config):
   """The zoo model `name`, with `config.checkpoint`'s weights if given, and O logits."""
   import ntk_zoo  # pylint: disable=g-import-not-at-top
-  from ntk_zoo.models import flax_checkpoints, mixer, resnet, vit  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models import (  # pylint: disable=g-import-not-at-top
+      flax_checkpoints, mixer, resnet, vit)
   size, o = config.image_size, config.num_classes
   path = pathlib.Path(config.checkpoint) if config.checkpoint else None
   if path is None:

@@ -145,3 +145,20 @@ def test_imagenet_photos_end_to_end_and_resume(tmp_path):
 def test_imagenet_photos_rejects_unknown_photo():
   with pytest.raises(ValueError, match="neither a bundled photo"):
     imagenet_photos.load_photos(["no_such_photo"], 16)
+
+
+def test_imagenet_photos_loads_the_checkpoint_it_is_given(tmp_path):
+  import ntk_zoo  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models import flax_checkpoints  # pylint: disable=g-import-not-at-top
+  trained = ntk_zoo.models.get("resnet_tiny", num_classes=3, image_size=16, seed=1)
+  path = tmp_path / "tiny.msgpack"
+  flax_checkpoints.save(path, trained)
+  config = imagenet_photos.get_config()
+  config.update(image_size=16, num_classes=3, checkpoint=str(path))  # seed 0 would differ.
+  loaded = imagenet_photos.load_model("resnet_tiny", config)
+  for a, b in zip(jax.tree_util.tree_leaves(loaded.params),
+                  jax.tree_util.tree_leaves(trained.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  config.checkpoint = str(tmp_path / "missing.msgpack")
+  with pytest.raises(FileNotFoundError, match="missing.msgpack"):
+    imagenet_photos.load_model("resnet_tiny", config)
