@@ -1,5 +1,4 @@
-"""The full O×O-block NTK of a zoo model on real photos: spectrum, conditioning, and what cheaper
-kernels throw away.
+"""Full NTK of a zoo model on real photos: spectrum, κ, what pseudo-NTK and block-diagonal drop.
 
     python experiments/imagenet_photos.py                 # resnet18, 64², O = 100, 4 photos
     python experiments/imagenet_photos.py --publish       # + figures/ PNG and RESULTS.md
