@@ -188,11 +188,13 @@ def markdown(records: list[dict], commands: list[str]) -> str:
       + (f"{min(loads):.1f}–{max(loads):.1f}" if loads else "n/a") + ".",
       "",
       "Time: warm median (s); ¹ first run after compiling (the only run for slow cells). "
-      "Peak: process peak RSS during the runs minus the RSS after imports (MB). "
+      "Peak RSS: the process's peak resident memory (MB: imports, inputs, compilation and "
+      "runs). Run peak: the peak during the runs minus the RSS after imports (MB). "
       "Block err: an 8×8 sub-block of Θ vs the Gram of per-logit `jax.grad` gradients.",
       "",
-      "| model | O | library | method | chosen / plan | time s | compile s | peak MB | XLA temp MB | block err |",
-      "|---|---|---|---|---|---|---|---|---|---|",
+      "| model | O | library | method | chosen / plan | time s | compile s | peak RSS MB "
+      "| run peak MB | XLA temp MB | block err |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     peak = r.get("run_peak_mb", r.get("peak_mb"))
@@ -200,7 +202,8 @@ def markdown(records: list[dict], commands: list[str]) -> str:
         r["arch"], str(r["outputs"]), r["library"], SHORT.get(r["implementation"],
                                                                r["implementation"]),
         (r.get("plan") or "").replace("|", "/"), _fmt_s(r),
-        common.fmt_num(r.get("compile_s")), common.fmt_num(peak),
+        common.fmt_num(r.get("compile_s")), common.fmt_num(r.get("peak_rss_mb")),
+        common.fmt_num(peak),
         common.fmt_num(r.get("xla_temp_mb")),
         f"{r['block_err']:.1e}" if r.get("block_err") is not None else "—"]) + " |")
   return "\n".join(out) + "\n"
