@@ -49,7 +49,10 @@ def full_kernel(f: Callable, params: PyTree, x1: PyTree, x2: PyTree, leaf: int,
 # XLA on CPU runs a convolution's weight gradient vmapped over output directions (a
 # batch-grouped convolution) 3–5× slower per FLOP than an ordinary convolution (ResNet-50's
 # layers, 64 directions: 7–15 vs 29–54 GFLOP/s measured side by side). The VJP of this engine
-# is JAX's own, so its weight gradients pay that; the cost model counts them this much more.
+# is JAX's own, so its weight gradients pay that; so does the JVP's convolution with a batched
+# weight tangent (a feature-grouped convolution under vmap). The cost model counts both this
+# much more. (Counting only the VJP's, auto chose NTK-vp for ResNet-50 224² O=1000 under a
+# 10 GB budget, estimated 57 TFLOP against 78 for SD's plan; it ran over 45 min.)
 WEIGHT_GRAD_CONV_SLOWDOWN = {"cpu": 4.0}
 
 
@@ -65,7 +68,7 @@ def _column_cost(program) -> Estimate:
     c = eqn_cost(eqn)
     weight_grad = (eqn.primitive is C.prims.conv_general_dilated_p
                    and not C.is_literal(eqn.invars[1]) and eqn.invars[1] in linear)
-    total = total + c + (Estimate(c.flops * slowdown, c.bytes) if weight_grad else c)
+    total = total + (Estimate(2 * c.flops * slowdown, 2 * c.bytes) if weight_grad else c + c)
   return total
 
 
