@@ -3,6 +3,7 @@
     ntk-zoo                               # = ntk-zoo ntk: full NTK of resnet18 on 4 bundled photos
     ntk-zoo ntk --model vit_tiny --images photos/ --n 8 --out results/
     ntk-zoo ntk --model resnet50 --checkpoint resnet50.safetensors --image-size 224
+    ntk-zoo score --preset full --sample 5
     ntk-zoo reproduce --list
     ntk-zoo reproduce fig1 --full
 
@@ -34,6 +35,7 @@ import numpy as np
 
 import ntk_zoo
 from ntk_zoo import images as images_lib
+from ntk_zoo import nas
 from ntk_zoo.models import checkpoints, flax_checkpoints, mixer, resnet, vit
 from ntk_zoo.ntk import api, memory
 
@@ -559,5 +561,22 @@ def _jsonable(value: Any) -> Any:
   return str(value)
 
 
+# ---------------------------------------------------------------------------------------------
+# ntk-zoo score
+
+
+def add_score(subparsers) -> None:
+  p = subparsers.add_parser(
+      "score", help="NAS trainability scores of NAS-Bench-201 cells (presets tenas, full)")
+  nas.add_arguments(p)
+  p.set_defaults(run=run_score)
+
+
+def run_score(args: argparse.Namespace) -> None:
+  status = nas.main(args)  # Prints its table, or one line on stderr for bad input.
+  if status:
+    raise SystemExit(status)
+
+
 # Subcommands, in the order `--help` lists them: one `add_<name>(subparsers)` each.
-COMMANDS: tuple[Callable[[Any], None], ...] = (add_ntk, add_reproduce)
+COMMANDS: tuple[Callable[[Any], None], ...] = (add_ntk, add_score, add_reproduce)

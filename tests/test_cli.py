@@ -181,3 +181,19 @@ def test_reproduce_runs_an_experiment(tmp_path, monkeypatch, capsys, full):
 
 def test_reproduce_finds_the_checkout():
   assert cli.experiments_dir() == pathlib.Path(cli.__file__).resolve().parents[1] / "experiments"
+
+
+def test_score_bad_architecture_is_one_line(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["score", "|bogus~0|"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+  assert err.startswith("ntk-zoo score: error: ") and "bogus" in err, err
+
+
+def test_score_is_listed(capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["score", "--help"])
+  text = capsys.readouterr().out
+  assert "--preset" in text and "tenas" in text
