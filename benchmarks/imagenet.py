@@ -184,7 +184,8 @@ def markdown(records: list[dict], commands: list[str]) -> str:
       "",
       "Commands: " + "; ".join(f"`{c}`" for c in commands),
       "",
-      f"Machine: {common.machine_info().get('cpu', '')}; load (1-min average at cell start): "
+      f"Machine: {common.machine_info()['cpu_count']} CPUs "
+      f"({common.machine_info()['cpu_model']}); load (1-min average at cell start): "
       + (f"{min(loads):.1f}–{max(loads):.1f}" if loads else "n/a") + ".",
       "",
       "Time: warm median (s); ¹ first run after compiling (the only run for slow cells). "
