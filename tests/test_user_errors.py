@@ -168,3 +168,19 @@ def test_readmes_name_only_files_inside_the_repository():
     for path in re.findall(r"\b((?:benchmarks|experiments|ntk_zoo|tests)/[a-z_][\w/.-]*"
                            r"\.(?:py|sh|md))", text):
       assert (root / path).exists() or (readme.parent / path).exists(), f"{readme}: {path}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], r"--n: must be a positive integer, got 0"),
+    (["--model", "vit_tiny", "--image-size", "3"], r"too small for vit_tiny"),
+])
+def test_command_line_bad_sizes_are_one_line(argv, message, capsys, tmp_path):
+  """`python -m ntk_zoo --n 0` / ViT `--image-size 3` (more CLI errors: tests/test_cli.py)."""
+  import re  # pylint: disable=g-import-not-at-top
+  from ntk_zoo import cli  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    cli.main([*argv, "--out", str(tmp_path / "out")])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+  assert not (tmp_path / "out").exists()
