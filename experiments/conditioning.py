@@ -1,6 +1,6 @@
 """Conditioning study: do NTK scores at initialization rank NAS-Bench-201 cells by trainability?
 
-    python experiments/conditioning.py                    # CPU-sized: 30 cells, ~20 min on 2 cores
+    python experiments/conditioning.py                    # CPU-sized: 30 cells, ~21 min on 2 cores
     python experiments/conditioning.py --publish          # + figures/conditioning.png, CONDITIONING.md
     python experiments/conditioning.py --full             # 100 cells, NB201 sizes (accelerator)
     python experiments/conditioning.py --set num_archs=3 --set train_steps=20
@@ -38,9 +38,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import sys
 import time
+import warnings
 
 import ml_collections
 import numpy as np
@@ -51,7 +53,7 @@ from experiments import _cli  # noqa: E402  pylint: disable=g-import-not-at-top
 
 NAME = "conditioning"
 SCORES = ("kappa_ntk", "kappa_pseudo", "trace", "kr_accuracy", "kr_mse", "params", "flops")
-LOG_AXIS = ("kappa_ntk", "kappa_pseudo", "trace", "params", "flops")
+LOG_AXIS = ("kappa_ntk", "kappa_pseudo", "trace", "flops")
 PRESET_NAMES = ("tenas", "full")
 # Fields that change what a cell's record holds (the others only change the report).
 RECORD_FIELDS = ("channels", "cells_per_stage", "image_size", "train_steps", "train_batch",
@@ -68,6 +70,7 @@ def get_config(full: bool = False) -> ml_collections.ConfigDict:
   c.publish = False
   c.num_archs = 100 if full else 30
   c.seed = 0  # Sampling of the cells.
+  c.archs = [""]  # NB201 strings to study instead of sampling (empty strings are ignored).
   c.channels = 16 if full else 8
   c.cells_per_stage = 5 if full else 1
   c.image_size = 32 if full else 16
@@ -147,8 +150,7 @@ def train_accuracies(arch: str, config, data) -> list[dict]:
   x_train, y_train, x_test, y_test = data
   model = nas.build(arch, _network(config))
   fast = {"xla_backend_optimization_level": 0} if config.fast_compile else None
-  init = jax.jit(lambda key: nas.init_variables(model, key, config.image_size),
-                 compiler_options=nas.O0)
+  init = nas.init_fn(model, config.image_size)
   evaluate = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=fast)
   schedule = optax.cosine_decay_schedule(config.learning_rate, config.train_steps)
   tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
@@ -209,12 +211,17 @@ def cell_record(arch: str, config, data, presets) -> dict:
 # Correlations, figure, report.
 
 def _values(rec: dict, preset: str, score: str, repeat: int | None = None) -> float:
+  """One score of a cell: the repeat mean, or one repeat's. A κ that is NaN although the kernel
+  was computed (0/0: the all-zero kernel of a cell without a path from input to output) is
+  returned as inf, the worst conditioning."""
   row = rec["scores"][preset]
   if score in ("params", "flops"):
     return float(row[score])
-  if repeat is None:
-    return float(row[f"{score}_mean"])
-  return float(row["repeats"][score][repeat])
+  value = float(row[f"{score}_mean"] if repeat is None else row["repeats"][score][repeat])
+  computed = not (score == "kappa_ntk" and np.isnan(row["repeats"]["kappa_ntk"]).all())
+  if score.startswith("kappa") and np.isnan(value) and computed:
+    return math.inf
+  return value
 
 
 def correlations(records: list[dict], repeats: int, target: str = "accuracy") -> dict:
@@ -225,6 +232,12 @@ def correlations(records: list[dict], repeats: int, target: str = "accuracy") ->
   every (repeat, training seed) pair of single scores and single targets. Cells whose score is
   NaN are left out (`n` counts the rest); inf ranks last.
   """
+  with warnings.catch_warnings():  # Constant or all-NaN scores give NaN; no need to warn.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return _correlations(records, repeats, target)
+
+
+def _correlations(records: list[dict], repeats: int, target: str) -> dict:
   from scipy import stats  # pylint: disable=g-import-not-at-top
   acc = np.array([np.mean(r[target]) for r in records])
   seeds = len(records[0][target]) if records else 0
@@ -270,35 +283,48 @@ def _table(corr: dict) -> str:
 
 
 def plot(records: list[dict], corr: dict, path: pathlib.Path) -> None:
+  """Scatter of every score (columns) of each preset (rows) against test accuracy; cells
+  without an input-output path in red."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import NullFormatter  # pylint: disable=g-import-not-at-top
+  from ntk_zoo import nas  # pylint: disable=g-import-not-at-top
   acc = np.array([np.mean(r["accuracy"]) for r in records])
-  fig, axes = plt.subplots(len(PRESET_NAMES), len(SCORES), figsize=(3 * len(SCORES), 5.6),
+  dead = np.array([not nas.parse_arch(r["arch"]).is_connected for r in records])
+  fig, axes = plt.subplots(len(PRESET_NAMES), len(SCORES), figsize=(2.9 * len(SCORES), 6.4),
                            squeeze=False)
   for i, preset in enumerate(PRESET_NAMES):
     for j, score in enumerate(SCORES):
       ax = axes[i, j]
-      x = np.array([_values(r, preset, score) for r in records])
-      finite = np.isfinite(x) & (x > 0) if score in LOG_AXIS else np.isfinite(x)
-      ax.scatter(x[finite], acc[finite], s=12)
-      if score in LOG_AXIS and finite.any():
-        ax.set_xscale("log")
-      e = corr[preset][score]
-      tau = f"τ={e['tau']:+.2f}" if "tau" in e else "τ=—"
-      left = int((~finite).sum())
-      ax.set_title(f"{preset}: {score}\n{tau}" + (f" ({left} off-axis)" if left else ""),
-                   fontsize=8)
       ax.tick_params(labelsize=7)
       if j == 0:
         ax.set_ylabel("test accuracy")
+      x = np.array([_values(r, preset, score) for r in records])
+      if np.isnan(x).all():
+        ax.set_title(f"{preset}: {score}\nnot computed", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+        continue
+      finite = np.isfinite(x) & (x > 0) if score in LOG_AXIS else np.isfinite(x)
+      for mask, color in ((finite & ~dead, "tab:blue"), (finite & dead, "tab:red")):
+        ax.scatter(x[mask], acc[mask], s=12, c=color)
+      if score in LOG_AXIS and finite.any():
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+      e = corr[preset][score]
+      tau = f"τ={e['tau']:+.2f}" if "tau" in e else "τ=—"
+      left = int((~finite).sum())
+      ax.set_title(f"{preset}: {score}\n{tau}" + (f" ({left} inf or <= 0: off-axis)" if left else ""),
+                   fontsize=8)
+  fig.suptitle("red: cells without an input-output path", fontsize=8)
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def report(config, records: list[dict], corr: dict, corr_loss: dict, runs_md: str) -> str:
+def report(config, records: list[dict], corr: dict, corr_loss: dict, corr_live: dict,
+           runs_md: str) -> str:
   acc = np.array([np.mean(r["accuracy"]) for r in records])
   seed_std = np.mean([np.std(r["accuracy"]) for r in records])
   def bad(v: float) -> bool:
@@ -313,8 +339,8 @@ def report(config, records: list[dict], corr: dict, corr_loss: dict, runs_md: st
       f"{acc.min():.3f}–{acc.max():.3f}, mean seed std {seed_std:.3f}.",
       f"Scores: tenas at C={config.tenas_channels}, N={config.tenas_cells}, "
       f"{config.tenas_image_size}², batch {config.tenas_batch}; full at the trained network, "
-      f"batch {config.full_batch} (kernel regression tested on {config.full_test}); tenas's on "
-      f"{config.tenas_batch}; {config.repeats} repeats; implementation "
+      f"batch {config.full_batch} (kernel regression tested on {config.full_test} more; tenas's "
+      f"on {config.tenas_batch} more); {config.repeats} repeats; implementation "
       f"{config.implementation}. κ not positive-finite (λmin <= 0, κ = inf or negative): "
       f"{bad}.",
       "",
@@ -328,6 +354,12 @@ def report(config, records: list[dict], corr: dict, corr_loss: dict, runs_md: st
       "the signs flip):",
       "",
       _table(corr_loss),
+      "",
+      f"Against test accuracy, the {sum(1 for r in records if _connected(r))} cells with a path "
+      "from the cell's input to its output only (the others cannot learn: accuracy at chance, "
+      "κ = inf or NaN, the smallest trace):",
+      "",
+      _table(corr_live),
       "",
       "Runs:",
       runs_md,
@@ -344,7 +376,8 @@ def run(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> dict:
   load_start = _cli.uptime()
   fingerprint = _fingerprint(config)
   records = _cli.Records(out_dir / "cells.jsonl", key=lambda r: (r["arch"], r["config"]))
-  archs = [str(a) for a in nas.sample_architectures(config.num_archs, config.seed)]
+  archs = [str(nas.parse_arch(a)) for a in config.archs if a] or [
+      str(a) for a in nas.sample_architectures(config.num_archs, config.seed)]
   todo = [a for a in archs if records.get((a, fingerprint)) is None]
   ran = 0
   if todo:
@@ -356,9 +389,10 @@ def run(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> dict:
   done = [records.get((a, fingerprint)) for a in archs]
   corr = correlations(done, config.repeats)
   corr_loss = correlations(done, config.repeats, target="loss")
+  corr_live = correlations([r for r in done if _connected(r)], config.repeats)
   command = _cli.command(NAME, config, get_config)
   runs_md = _log_run(out_dir, command, load_start, ran)
-  text = report(config, done, corr, corr_loss, runs_md)
+  text = report(config, done, corr, corr_loss, corr_live, runs_md)
   (out_dir / "report.md").write_text(text + "\n")
   figure = out_dir / "conditioning.png"
   plot(done, corr, figure)
@@ -367,8 +401,13 @@ def run(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> dict:
     plot(done, corr, published)
     _publish(text)
   return {"cells": len(done), "ran": ran, "correlations": corr,
-          "correlations_loss": corr_loss, "report": str(out_dir / "report.md"),
+          "correlations_loss": corr_loss, "correlations_connected": corr_live, "report": str(out_dir / "report.md"),
           "figure": str(figure)}
+
+
+def _connected(record: dict) -> bool:
+  from ntk_zoo import nas  # pylint: disable=g-import-not-at-top
+  return nas.parse_arch(record["arch"]).is_connected
 
 
 def _log_run(out_dir: pathlib.Path, command: str, load_start: str, ran: int) -> str:

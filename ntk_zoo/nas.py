@@ -64,7 +64,8 @@ from ntk_zoo.ntk import ntk_fn
 
 __all__ = [
     "OPS", "PRESETS", "Architecture", "CellNetwork", "NetworkConfig", "ScorePreset",
-    "add_arguments", "build", "digits", "kernel_scores", "main", "parse_arch",
+    "add_arguments", "build", "digits", "init_fn", "init_variables", "kernel_fn",
+    "kernel_scores", "main", "parse_arch",
     "sample_architectures", "score_architectures",
 ]
 
@@ -103,6 +104,16 @@ class Architecture:
   def edge_ops(self, node: int) -> list[tuple[int, str]]:
     """(source node, op) of every edge into `node`."""
     return [(i, op) for (t, i), op in zip(EDGES, self.ops) if t == node]
+
+  @property
+  def is_connected(self) -> bool:
+    """Whether some path of non-'none' edges joins the cell's input to its output. Without
+    one the cell outputs zero (plus BN biases) for every input: the network cannot learn."""
+    reached = {0}
+    for j in range(1, NUM_NODES):
+      if any(i in reached and op != "none" for i, op in self.edge_ops(j)):
+        reached.add(j)
+    return NUM_NODES - 1 in reached
 
 
 def parse_arch(arch: str | Architecture) -> Architecture:
@@ -278,6 +289,11 @@ class NetworkConfig:
       raise ValueError(f"Unknown init {self.weight_init!r}; use one of {sorted(INITS)}.")
 
 
+# XLA CPU compiler options for LLVM -O0. A network's init (threefry random numbers for every
+# parameter) compiles in ~15 s at full optimization and ~2 s at -O0 (measured), and runs once.
+O0 = {"xla_backend_optimization_level": 0}
+
+
 def build(arch: str | Architecture, network: NetworkConfig = NetworkConfig()) -> CellNetwork:
   """The Flax module of `arch` at the size `network` gives."""
   return CellNetwork(parse_arch(arch), network.channels, network.cells_per_stage,
@@ -288,6 +304,12 @@ def init_variables(model: CellNetwork, key: jax.Array, image_size: int) -> dict:
   """{"params": ..., "batch_stats": ...} of `model` for (·, image_size, image_size, 3) inputs."""
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   return dict(model.init(key, x, train=False))
+
+
+def init_fn(model: CellNetwork, image_size: int) -> Callable[[jax.Array], dict]:
+  """Jitted `init(key) -> variables` (`init_variables`), compiled at LLVM -O0 (see `O0`); much
+  faster than an eager init, whose every op compiles on its own."""
+  return jax.jit(lambda key: init_variables(model, key, image_size), compiler_options=O0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +477,8 @@ def _kappa(matrix: np.ndarray, dtype: str) -> float:
   (no regularization, λmin may be negative); float64 gives inf when λmin <= 0."""
   eig = np.linalg.eigvalsh(np.asarray(matrix, dtype))
   if dtype == "float32":
-    return float(eig[-1] / eig[0])
+    with np.errstate(divide="ignore", invalid="ignore"):  # An all-zero kernel gives NaN.
+      return float(eig[-1] / eig[0])
   return float(eig[-1] / eig[0]) if eig[0] > 0 else math.inf
 
 
@@ -501,7 +524,13 @@ def kernel_scores(k_train: np.ndarray, *, eig_dtype: str = "float64",
   cross = kt.transpose(0, 2, 1, 3).reshape(m * o, n * o) if kt.ndim == 4 else kt
   targets = np.eye(c)[labels_train] - 1.0 / c  # Centered one-hot regression targets.
   rhs = targets.reshape(n * o, c // o)  # Full NTK: o == c, one column; pseudo: c columns.
-  alpha = scipy.linalg.solve(gram + ridge * trace * np.eye(len(gram)), rhs, assume_a="pos")
+  # A cell with no path from its input to its output gives a (near) zero kernel: then the
+  # ridge is absolute, and a still singular system is solved by least squares.
+  lam = ridge * trace if trace > 0 else ridge
+  try:
+    alpha = scipy.linalg.solve(gram + lam * np.eye(len(gram)), rhs, assume_a="pos")
+  except np.linalg.LinAlgError:
+    alpha = np.linalg.lstsq(gram + lam * np.eye(len(gram)), rhs, rcond=None)[0]
   pred = (cross @ alpha).reshape(m, c)
   scores["kr_accuracy"] = float(np.mean(pred.argmax(-1) == labels_test))
   scores["kr_mse"] = float(np.mean((pred - (np.eye(c)[labels_test] - 1.0 / c)) ** 2))
@@ -511,7 +540,9 @@ def kernel_scores(k_train: np.ndarray, *, eig_dtype: str = "float64",
 def forward_flops(model: CellNetwork, variables: dict, image_size: int) -> float:
   """FLOPs of one example's inference forward, from XLA's cost analysis of the compiled program."""
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
+  # FLOPs are counted on the optimized HLO, before LLVM: -O0 changes compile time, not them.
+  compiled = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                     compiler_options=O0).lower(variables, x).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
@@ -533,11 +564,6 @@ def kernel_fn(model: CellNetwork, preset: ScorePreset) -> Callable:
                   vmap_axes=0 if preset.per_example else None)
   return _jit(lambda x1, x2, diff, frozen, stats: kernel(x1, x2, diff, frozen=frozen,
                                                           stats=stats), preset)
-
-
-# XLA CPU compiler options for LLVM -O0. A network's init (threefry random numbers for every
-# parameter) compiles in ~15 s at full optimization and ~2 s at -O0 (measured), and runs once.
-O0 = {"xla_backend_optimization_level": 0}
 
 
 def _jit(fn: Callable, preset: ScorePreset) -> Callable:
@@ -582,7 +608,7 @@ def score_architecture(arch: str | Architecture, preset: str | ScorePreset, imag
   model = build(arch, preset.network)
   kernel = kernel_fn(model, preset)
   size = preset.network.image_size
-  init = jax.jit(lambda key: init_variables(model, key, size), compiler_options=O0)
+  init = init_fn(model, size)
   calibrate = _jit(functools.partial(calibrate_batch_stats, model), preset)
   with_test = labels is not None and preset.test_size > 0
   per_repeat: dict[str, list[float]] = {s: [] for s in SCORES}
@@ -701,15 +727,15 @@ def main(args: argparse.Namespace) -> int:
     network = dataclasses.replace(preset.network, **{
         k: v for k, v in (("channels", args.channels), ("cells_per_stage", args.cells),
                           ("image_size", args.image_size)) if v is not None})
-    if args.implementation:
-      preset = dataclasses.replace(preset, implementation=args.implementation)
+    preset = dataclasses.replace(preset, network=network, **{
+        k: v for k, v in (("repeats", args.repeats), ("batch_size", args.batch_size),
+                          ("implementation", args.implementation)) if v is not None})
     if args.out is not None:
       args.out.mkdir(parents=True, exist_ok=True)
       probe = args.out / ".write_test"
       probe.write_text("")
       probe.unlink()
-    rows = score_architectures(archs, preset, repeats=args.repeats, batch_size=args.batch_size,
-                               seed=args.seed, network=network)
+    rows = score_architectures(archs, preset, seed=args.seed)
   except (ValueError, OSError) as e:
     print(f"ntk-zoo score: error: {e}", file=sys.stderr)
     return 2
