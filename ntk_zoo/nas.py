@@ -740,9 +740,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"ntk-zoo score: error: {e}", file=sys.stderr)
     return 2
   cols = ("kappa_ntk", "kappa_pseudo", "trace", "kr_accuracy")
-  print(f"{'arch':<62} " + " ".join(f"{c:>13}" for c in cols) + f" {'params':>8} {'MFLOPs':>8}")
+  width = max(len(row["arch"]) for row in rows)
+  print(f"{'arch':<{width}} " + " ".join(f"{c:>13}" for c in cols) + f" {'params':>8} {'MFLOPs':>8}")
   for row in rows:
-    print(f"{row['arch']:<62} " + " ".join(f"{row[c + '_mean']:13.4g}" for c in cols)
+    print(f"{row['arch']:<{width}} " + " ".join(f"{row[c + '_mean']:13.4g}" for c in cols)
           + f" {row['params']:8d} {row['flops'] / 1e6:8.2f}")
   if args.out is not None:
     tmp = args.out / "scores.json.tmp"
