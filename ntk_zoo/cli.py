@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.run(args)
   except UsageError as e:
     _fail(str(e))
+  except BrokenPipeError:  # `ntk-zoo ... | head`: the reader left; no traceback.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(1) from None
   return 0
 
 

@@ -197,3 +197,17 @@ def test_score_is_listed(capsys):
     cli.main(["score", "--help"])
   text = capsys.readouterr().out
   assert "--preset" in text and "tenas" in text
+
+
+
+def test_broken_pipe_is_quiet(monkeypatch):
+  """`ntk-zoo ntk | head -1`: the reader leaves while the command still prints; exit 1, no
+  BrokenPipeError traceback."""
+  def run(args):
+    raise BrokenPipeError(32, "Broken pipe")
+  monkeypatch.setattr(cli, "run_score", run)
+  dup2 = []
+  monkeypatch.setattr(cli.os, "dup2", lambda a, b: dup2.append(b))
+  with pytest.raises(SystemExit) as e:
+    cli.main(["score", "--sample", "1"])
+  assert e.value.code == 1 and dup2 == [sys.stdout.fileno()]
