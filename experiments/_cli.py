@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import sys
 from collections.abc import Callable, Iterable
 
@@ -118,6 +119,17 @@ def log_run(out_dir: pathlib.Path, command_line: str, load_start: str, ran: int)
   common.append_jsonl(str(path), entry)
   runs = common.read_jsonl(str(path))
   return [r for r in runs[:-1] if r["ran"]] + [runs[-1]]
+
+
+def write_report(out_dir: pathlib.Path, name: str, figure: pathlib.Path, report: str,
+                 begin: str, end: str, publish: bool) -> None:
+  """`out_dir/report.md`; with `publish`, also the committed figure and RESULTS.md section."""
+  (out_dir / "report.md").write_text(report)
+  if publish:
+    fig_dir = REPO / "experiments" / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    shutil.copyfile(figure, fig_dir / f"{name}.png")
+    common.replace_between_markers(str(REPO / "experiments" / "RESULTS.md"), begin, end, report)
 
 
 def runs_markdown(runs: list[dict]) -> str:

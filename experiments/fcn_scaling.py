@@ -30,7 +30,6 @@ import json  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posi
 import math  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -201,13 +200,7 @@ def run(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> dict:
   figure = plot(cells, config, out_dir / f"{NAME}.png")
   runs = _cli.log_run(out_dir, _cli.command(NAME, config, get_config), load_start, ran)
   report = markdown(cells, config, checks, runs)
-  (out_dir / "report.md").write_text(report)
-  if config.publish:
-    fig_dir = _cli.REPO / "experiments" / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    shutil.copyfile(figure, fig_dir / f"{NAME}.png")
-    common.replace_between_markers(str(_cli.REPO / "experiments" / "RESULTS.md"), BEGIN, END,
-                                   report)
+  _cli.write_report(out_dir, NAME, figure, report, BEGIN, END, config.publish)
   statuses: dict[str, int] = {}
   for c in cells:
     statuses[c.get("status", "?")] = statuses.get(c.get("status", "?"), 0) + 1

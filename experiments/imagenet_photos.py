@@ -38,7 +38,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import sys
 
 import ml_collections
@@ -269,13 +268,7 @@ def run(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> dict:
   figure = plot(cells, out_dir, out_dir / f"{NAME}.png")
   runs = _cli.log_run(out_dir, _cli.command(NAME, config, get_config), load_start, ran)
   report = markdown(cells, config, runs)
-  (out_dir / "report.md").write_text(report)
-  if config.publish:
-    fig_dir = _cli.REPO / "experiments" / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    shutil.copyfile(figure, fig_dir / f"{NAME}.png")
-    common.replace_between_markers(str(_cli.REPO / "experiments" / "RESULTS.md"), BEGIN, END,
-                                   report)
+  _cli.write_report(out_dir, NAME, figure, report, BEGIN, END, config.publish)
   return {"out_dir": str(out_dir), "figure": str(figure), "report": str(out_dir / "report.md"),
           "ran": ran, "models": {c["model"]: c["analysis"] for c in cells}}
 
