@@ -6,8 +6,12 @@
 """
 
 from ntk_zoo import models, testing
-from ntk_zoo.ntk import Implementation, NonFiniteInputWarning, NTKOptions, VmapAxes, ntk_fn
+from ntk_zoo.dataset import dataset_ntk, load_kernel
+from ntk_zoo.ntk import (Implementation, NonFiniteInputWarning, NTKOptions, VmapAxes, ntk_fn,
+                         pseudo_ntk_fn)
+
 
 __version__ = "0.1.0"
-__all__ = ["Implementation", "NTKOptions", "NonFiniteInputWarning", "VmapAxes", "models", "ntk_fn",
+__all__ = ["Implementation", "NTKOptions", "NonFiniteInputWarning", "VmapAxes", "dataset_ntk",
+           "load_kernel", "models", "ntk_fn", "pseudo_ntk_fn",
            "testing"]

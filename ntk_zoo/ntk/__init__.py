@@ -2,5 +2,7 @@
 
 from ntk_zoo.ntk.api import Implementation, NonFiniteInputWarning, ntk_fn
 from ntk_zoo.ntk.options import NTKOptions, VmapAxes
+from ntk_zoo.ntk.pseudo import pseudo_ntk_fn
 
-__all__ = ["Implementation", "NTKOptions", "NonFiniteInputWarning", "VmapAxes", "ntk_fn"]
+__all__ = ["Implementation", "NTKOptions", "NonFiniteInputWarning", "VmapAxes", "ntk_fn",
+           "pseudo_ntk_fn"]
