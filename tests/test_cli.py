@@ -78,6 +78,12 @@ ERRORS = [
     (["reproduce", "nope", "--experiments-dir", "{tmp}"], r"unknown experiment 'nope'"),
     (["reproduce", "--list", "--experiments-dir", "{tmp}/none"], r"no experiments directory"),
     (["frobnicate"], r"unrecognized arguments: frobnicate"),
+    (["kernel", "--data", "{tmp}/missing"], r"--data .*missing: no such file or directory"),
+    (["kernel", "--data", "{tmp}/file"], r"not a \.npy/\.npz file or a directory of images"),
+    (["kernel", "--n", "1800"], r"--data digits holds 1797 examples; --n \+ --n2 asks for 1800"),
+    (["kernel", "--data", "tfds:no_such_dataset"],
+     r"tensorflow-datasets is not installed|--data tfds:no_such_dataset: "),
+    (["kernel", "--model", "resnet_nope"], r"unknown model 'resnet_nope'"),
 ]
 
 

@@ -53,3 +53,23 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   resumed, uninterrupted = ntk_zoo.load_kernel(killed), ntk_zoo.load_kernel(whole)
   assert resumed.shape == (40, 40, 2, 2)
   np.testing.assert_allclose(np.asarray(resumed), np.asarray(uninterrupted), rtol=1e-5, atol=1e-6)
+
+
+def test_npy_images_asymmetric_and_pseudo(tmp_path):
+  from ntk_zoo import cli, images  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  raw = rng.integers(0, 256, (5, 12, 10, 3), dtype=np.uint8)  # Any size: cropped and resized.
+  np.save(tmp_path / "x.npy", raw)
+  common = ["kernel", "--model", "resnet_tiny", "--image-size", "8", "--num-classes", "2",
+            "--data", str(tmp_path / "x.npy"), "--n", "3", "--n2", "2", "--tile", "2"]
+  cli.main([*common, "--out", str(tmp_path / "full")])
+  cli.main([*common, "--pseudo", "--out", str(tmp_path / "pseudo")])
+  model = ntk_zoo.models.get("resnet_tiny", num_classes=2, image_size=8)
+  x = model.input_spec.preprocess(np.stack([images.fit(im, (8, 8)) for im in raw]))
+  full = ntk_zoo.ntk_fn(model.apply, trace_axes=(), vmap_axes=0)(x[:3], x[3:], model.params)
+  np.testing.assert_allclose(np.asarray(ntk_zoo.load_kernel(tmp_path / "full")), full,
+                             rtol=1e-4, atol=1e-6)
+  pseudo = ntk_zoo.load_kernel(tmp_path / "pseudo")
+  assert pseudo.shape == (3, 2)
+  np.testing.assert_allclose(np.asarray(pseudo), np.asarray(full).mean((2, 3)) * 2,
+                             rtol=1e-4, atol=1e-6)
