@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import pathlib
-import re
 import sys
 
 import ml_collections
@@ -100,35 +99,18 @@ def load_photos(names, size: int) -> np.ndarray:
   return np.stack(out)
 
 
-def _variant(name: str) -> str:
-  """Zoo name -> vit_jax variant string: "vit_b16" -> "B/16", "mixer_ti16" -> "Ti/16"."""
-  m = re.fullmatch(r"[a-z]+_([a-z]+)(\d+)", name)
-  if not m:
-    raise ValueError(f"cannot read a variant (e.g. B/16) from the model name {name!r}")
-  return f"{m[1].capitalize()}/{m[2]}"
-
-
 def load_model(name: str, config):
   """The zoo model `name`, with `config.checkpoint`'s weights if given, and O logits."""
   import ntk_zoo  # pylint: disable=g-import-not-at-top
-  from ntk_zoo.models import (  # pylint: disable=g-import-not-at-top
-      flax_checkpoints, mixer, resnet, vit)
+  from ntk_zoo.models import loading as load_lib  # pylint: disable=g-import-not-at-top
   size, o = config.image_size, config.num_classes
   path = pathlib.Path(config.checkpoint) if config.checkpoint else None
-  if path is None:
-    return ntk_zoo.models.get(name, num_classes=o, image_size=size, seed=config.seed)
-  if not path.exists():
-    raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-  family = name.split("_")[0]
-  if path.suffix == ".safetensors" and name in resnet.VARIANTS:
-    model = resnet.load_torchvision(path, arch=name, image_size=size)
-  elif path.suffix in (".safetensors", ".npz") and family in ("vit", "mixer"):
-    module = vit if family == "vit" else mixer
-    load = module.load_npz if path.suffix == ".npz" else module.load_timm
-    model = load(path, variant=_variant(name), image_size=size)
-  else:  # Flax msgpack file or Orbax directory, into the zoo model's own trees.
-    model = flax_checkpoints.load_into(ntk_zoo.models.get(name, num_classes=o, image_size=size),
-                                       path)
+  # torchvision/timm/vit_jax files bring their own head (O is cut below); Flax/Orbax files
+  # are loaded into a zoo model built with O logits.
+  file_head = (path is not None and path.suffix.lower() in (".safetensors", ".npz")
+               and load_lib.family(name)[0] != "other")
+  model = ntk_zoo.models.load(name, path, image_size=size, seed=config.seed,
+                              num_classes=None if file_head else o)
   if model.num_classes < o:
     raise ValueError(f"{path} has {model.num_classes} logits, fewer than num_classes={o}")
   if model.num_classes > o:  # The NTK of the first O logits: a sub-block of the full one.

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import re
 import sys
 import tempfile
 import textwrap
@@ -36,7 +35,8 @@ import numpy as np
 import ntk_zoo
 from ntk_zoo import images as images_lib
 from ntk_zoo import nas
-from ntk_zoo.models import checkpoints, flax_checkpoints, mixer, resnet, vit
+from ntk_zoo.models import checkpoints, mixer, vit
+from ntk_zoo.models import loading as load_lib
 from ntk_zoo.ntk import api, memory
 
 PROG = "ntk-zoo"
@@ -48,8 +48,6 @@ DEFAULT_OUT = pathlib.Path("ntk_zoo_out")
 IMPLEMENTATIONS = ("auto", "jacobian_contraction", "ntk_vector_products",
                    "structured_derivatives")
 EXPERIMENTS_ENV = "NTK_ZOO_EXPERIMENTS"
-# Suffixes of pickled (torch) checkpoints, which are never unpickled.
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 
 
 DESCRIPTION = """Finite-width empirical NTKs of the model zoo. With no command, runs `ntk`.
@@ -293,25 +291,9 @@ def _plan_record(plan) -> dict[str, Any]:
   return record
 
 
-_PATCH_MODEL = re.compile(r"(vit|mixer)_(ti|s|b|l)(\d+)|(vit|mixer)_tiny")
-_WIDTHS = {"ti": "Ti", "s": "S", "b": "B", "l": "L"}
-
-
-def _family(name: str) -> tuple[str, str | None]:
-  """("resnet" | "vit" | "mixer" | "other", variant such as "B/16" for vit/mixer)."""
-  if name in resnet.VARIANTS:
-    return "resnet", None
-  m = _PATCH_MODEL.fullmatch(name)
-  if m is None:
-    return "other", None
-  if m[4]:
-    return m[4], "tiny/4"
-  return m[1], f"{_WIDTHS[m[2]]}/{m[3]}"
-
-
 def _check_image_size(name: str, image_size: int | None) -> None:
   """Patch models need at least one patch (the models accept smaller images silently)."""
-  family, variant = _family(name)
+  family, variant = load_lib.family(name)
   if image_size is None or family not in ("vit", "mixer"):
     return
   patch = (vit if family == "vit" else mixer).decode_variant(variant).patch_size
@@ -325,38 +307,16 @@ def _build_model(name: str, checkpoint: pathlib.Path | None, num_classes: int | 
                  image_size: int | None):
   """The zoo model `name`, randomly initialized or with `checkpoint`'s weights."""
   if checkpoint is None:
-    try:
-      return ntk_zoo.models.get(name, num_classes=num_classes or DEFAULT_NUM_CLASSES,
-                                image_size=image_size)
-    except (ValueError, TypeError) as e:
-      raise UsageError(f"cannot build {name}: {_one_line(str(e))}") from None
-  if not checkpoint.exists():
-    raise UsageError(f"checkpoint {checkpoint}: no such file or directory")
-  suffix = checkpoint.suffix.lower()
-  if suffix in PICKLE_SUFFIXES:
-    raise UsageError(f"checkpoint {checkpoint} is a pickle, which ntk_zoo never unpickles: "
-                     "save it as .safetensors (safetensors.torch.save_file)")
-  family, variant = _family(name)
-  kw = {k: v for k, v in (("num_classes", num_classes), ("image_size", image_size)) if v}
-  loaders: dict[tuple[str, str], Callable] = {
-      ("resnet", ".safetensors"): lambda: resnet.load_torchvision(checkpoint, arch=name, **kw),
-      ("vit", ".safetensors"): lambda: vit.load_timm(checkpoint, variant=variant, **kw),
-      ("vit", ".npz"): lambda: vit.load_npz(checkpoint, variant=variant, **kw),
-      ("mixer", ".safetensors"): lambda: mixer.load_timm(checkpoint, variant=variant, **kw),
-      ("mixer", ".npz"): lambda: mixer.load_npz(checkpoint, variant=variant, **kw),
-  }
-  load = loaders.get((family, suffix))
-  if load is None and suffix in (".safetensors", ".npz"):
-    raise UsageError(f"no {suffix} loader for {name}: use a Flax msgpack file or Orbax "
-                     f"directory (ntk_zoo.models.flax_checkpoints.save)")
-  if load is None:
-    def load():
-      return flax_checkpoints.load_into(ntk_zoo.models.get(name, **kw), checkpoint)
+    num_classes = num_classes or DEFAULT_NUM_CLASSES
   try:
-    return load()
+    return load_lib.load(name, checkpoint, num_classes=num_classes, image_size=image_size)
+  except (FileNotFoundError, load_lib.CheckpointFormatError) as e:
+    raise UsageError(str(e)) from None
   except checkpoints.CheckpointMismatchError as e:
     raise UsageError(f"checkpoint {_one_line(str(e))}") from None
-  except Exception as e:  # pylint: disable=broad-except  (any failure here is the file's)
+  except Exception as e:  # pylint: disable=broad-except  (any failure here is the input's)
+    if checkpoint is None:
+      raise UsageError(f"cannot build {name}: {_one_line(str(e))}") from None
     raise UsageError(f"cannot load {checkpoint} into {name}: {_one_line(str(e))}") from None
 
 
