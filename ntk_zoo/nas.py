@@ -61,6 +61,7 @@ import scipy.linalg
 from flax import traverse_util
 
 from ntk_zoo.ntk import ntk_fn
+from ntk_zoo.ntk.typing import PyTree
 
 __all__ = [
     "OPS", "PRESETS", "Architecture", "CellNetwork", "NetworkConfig", "ScorePreset",
@@ -68,8 +69,6 @@ __all__ = [
     "kernel_scores", "main", "parse_arch",
     "sample_architectures", "score_architectures",
 ]
-
-PyTree = Any
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # (target node j, source node i) of the 6 edges, in NB201 string order.

@@ -7,12 +7,11 @@ contracts with `np.tensordot`, and applies trace/diagonal axes with `np.trace`/`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import numpy as np
 
-PyTree = Any
+from ntk_zoo.ntk.typing import PyTree
 
 # Per-dtype tolerances: (rtol, atol as a fraction of max |reference|).
 TOLERANCES = {

@@ -42,8 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from ntk_zoo.models.model import InputError, InputSpec, Model
-
-PyTree = Any
+from ntk_zoo.ntk.typing import PyTree
 
 __all__ = ["AdapterError", "BoundApply", "from_haiku", "from_linen", "from_nnx"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-PyTree = Any
+from ntk_zoo.ntk.typing import PyTree
 
 
 class CheckpointMismatchError(ValueError):

@@ -39,8 +39,7 @@ import numpy as np
 from ntk_zoo.models.adapters import BoundApply
 from ntk_zoo.models.checkpoints import CheckpointMismatchError, check_matches, unreadable
 from ntk_zoo.models.model import Model
-
-PyTree = Any
+from ntk_zoo.ntk.typing import PyTree
 
 __all__ = ["CheckpointMismatchError", "FORMATS", "detect_format", "load_into", "read",
            "read_msgpack", "read_orbax", "save", "save_msgpack", "save_orbax"]

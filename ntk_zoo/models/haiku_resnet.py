@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import haiku as hk
 import jax
@@ -34,8 +33,7 @@ import jax.numpy as jnp
 from ntk_zoo.models.adapters import from_haiku
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
-
-PyTree = Any
+from ntk_zoo.ntk.typing import PyTree
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VARIANTS", "init", "param_shapes", "resnet",
            "transformed"]

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-PyTree = Any
+from ntk_zoo.ntk.typing import PyTree
 
 
 class InputError(ValueError):

@@ -45,8 +45,8 @@ from ntk_zoo.models import checkpoints, torch_convert
 from ntk_zoo.models.adapters import from_linen
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
+from ntk_zoo.ntk.typing import PyTree
 
-PyTree = Any
 Differentiate = Literal["params", "all"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

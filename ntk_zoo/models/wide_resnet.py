@@ -44,8 +44,8 @@ from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
 # Same conv (kaiming fan_out init, torch-style symmetric padding) and BatchNorm as torchvision.
 from ntk_zoo.models.resnet import Differentiate, _bn, _conv, init_variables, linen_model
+from ntk_zoo.ntk.typing import PyTree
 
-PyTree = Any
 Parameterization = Literal["ntk", "standard"]
 
 # CIFAR-10 training-set channel statistics.

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_zoo.ntk.options import NTKOptions, Role, kernel_subscripts, result_position
+from ntk_zoo.ntk.typing import PyTree
 
-PyTree = Any
 HIGHEST = jax.lax.Precision.HIGHEST
 
 

@@ -15,7 +15,7 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
-PyTree = Any
+from ntk_zoo.ntk.typing import PyTree
 
 
 class Role(enum.Enum):

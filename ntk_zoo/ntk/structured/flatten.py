@@ -11,7 +11,6 @@ primitives (`cond`, `while`) are kept whole: parameters they consume take the un
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +18,7 @@ from jax import lax
 
 from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.structured.rewrites import REWRITES
-
-PyTree = Any
+from ntk_zoo.ntk.typing import PyTree
 
 
 def eval_inlined(jaxpr: C.Jaxpr, consts: Sequence, args: Sequence) -> list:

@@ -1,0 +1,774 @@
+"""Dataset-scale NTK: throughput of a tiled run vs one call, and the largest N each method reaches.
+
+Model: `pure_resnet` ResNet-18 at 32×32 (default; `--arch`, `--image-size`), O = 10 logits, the
+full NTK (`trace_axes=()`, `vmap_axes=0`), float32, symmetric: Θ(x, x) with x2 = None, x =
+`pure_resnet.inputs(N, image_size)[0]` (a prefix of one seeded stream, so the examples of a
+smaller N are the first of a larger one). The kernel has N² · O² entries; throughput is entries
+per second. Cells, one subprocess each (`common.run_cell`: timeout and resident-memory cap):
+
+* `single` (ours): one jitted call `ntk_fn(f, trace_axes=(), vmap_axes=0,
+  implementation=IMPL)(x, None, params)`, IMPL in jc, vp, sd, auto; N doubling (`--n-single`).
+  First call = compile + first run; warm = median of warm runs (`common.time_fn`). The largest N
+  that completes is "largest N in one call".
+* `peer_single` (neural-tangents 0.6.5, `peer_dataset.py` in its venv): the same with
+  `nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=1|2|3)`.
+* `dataset` (ours): `ntk_zoo.dataset_ntk(kernel, x, None, params, store=TMP, tile=None)` into a
+  temporary on-disk store, tile planned from the memory budget; time = the whole call (tile
+  planning, compiles, tile loop, writes), as a user sees it. Also the tile, the number of tiles,
+  per-tile times (first diagonal / first off-diagonal tile, which compile, and the median of the
+  rest), and an estimated warm time (compile removed: every tile at its kind's median); for N
+  ≤ `--check-max-n` the stored kernel vs one jitted call (rel. Frobenius error).
+* `peer_batch`: `nt.batch(kernel_fn, batch_size=B, store_on_device=False)(x, None, params)` for
+  the same N (`peer_dataset.py`; its behaviour with x2=None and N % B is described there);
+  first call (compile included) and a warm call.
+* `pseudo` (ours, `--n-pseudo`): Θ (full) and Θ_p = `pseudo_ntk_fn(f, vmap_axes=0)`, which is
+  (1/O) Σ_{o,o'} Θ_{oo'} (checked in the cell); rel. Frobenius error ‖Θ − Θ_p ⊗ I_O‖ / ‖Θ‖, the
+  same for the best A ⊗ I_O (A = tr_O Θ / O), the fraction of ‖Θ‖² on the O×O blocks'
+  diagonals, the condition numbers of Θ (NO × NO) and Θ_p (N × N), and both times.
+
+After an `oom`/`timeout` at some N, larger N of the same (kind, library, method, batch size) are
+recorded as `skipped` (`--no-skip-larger` runs them anyway). Cells already in `--out` are not
+rerun (resume is the default): `ok` records always count, `oom`/`timeout` ones if they ran
+under at least the current `--timeout` and `--mem-limit-mb`; `--fresh` starts a new file.
+
+    python benchmarks/dataset.py --peer-venv ~/.cache/ntk_zoo/nt-venv          # the full grid
+    python benchmarks/dataset.py --n-single 4,8 --n-dataset 16 --implementations sd \
+        --peer-venv ~/.cache/ntk_zoo/nt-venv --peer-batch 8 --n-pseudo 8       # smoke run
+    python benchmarks/dataset.py --report-only --markdown                      # tables only
+
+`--markdown` prints the section to stdout (`--results-md PATH` also writes it between
+`<!-- dataset:begin/end -->` markers of PATH). Raw records: `benchmarks/out/dataset.jsonl`.
+"""
+
+from __future__ import annotations
+
+import time
+
+_PROC_T0 = time.time()
+
+import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import peer_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pure_resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+LIBRARY = "ntk_zoo"
+PEER = peer_dataset.LIBRARY
+BEGIN, END = "<!-- dataset:begin -->", "<!-- dataset:end -->"
+
+JC, VP, SD, AUTO = ("jacobian_contraction", "ntk_vector_products", "structured_derivatives",
+                    "auto")
+ORDER = (JC, VP, SD, AUTO)
+SHORT = common.SHORT
+FAILED = ("oom", "timeout")
+_MB = 1024.0 * 1024.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells (run in a subprocess of ntk_zoo's venv).
+
+def _budget_error():
+  try:
+    from ntk_zoo.ntk.memory import BudgetError  # pylint: disable=g-import-not-at-top
+    return BudgetError
+  except ImportError:
+    return ()
+
+
+def _decision_info(decision) -> dict:
+  if decision is None:
+    return {}
+  plan = decision.plan
+  return {"chosen": decision.chosen, "plan_blocks": [list(b) for b in plan.blocks],
+          "plan_peak_mb": plan.peak_bytes / _MB, "plan_budget_mb": plan.budget / _MB,
+          "plan_flops": plan.flops}
+
+
+def _kernel(f, impl: str, cell: dict):
+  from ntk_zoo.ntk import ntk_fn  # pylint: disable=g-import-not-at-top
+  return ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=impl,
+                memory_budget=cell.get("memory_budget"))
+
+
+def _measure_single(cell, f, params, x, budget_s) -> dict:
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  kernel = _kernel(f, cell["implementation"], cell)
+  res = common.time_fn(lambda a, p: kernel(a, None, p), jnp.asarray(x), params,
+                       repeats=cell["repeats"], time_budget_s=budget_s)
+  res["first_call_s"] = res["compile_s"] + res["first_run_s"]
+  if kernel.decisions:
+    res.update(_decision_info(next(iter(kernel.decisions.values()))))
+  return res
+
+
+def _tile_stats(marks, loop_start: float) -> dict:
+  """Per-tile durations from the `on_tile` timestamps; the first tile of each kind compiles."""
+  out = {"tile_times": [], "first_diag_s": None, "first_pair_s": None,
+         "median_diag_s": None, "median_pair_s": None}
+  prev = loop_start
+  diag, pair = [], []
+  for i, j, t in marks:
+    dt = t - prev
+    prev = t
+    out["tile_times"].append([i, j, round(dt, 4)])
+    (diag if i == j else pair).append(dt)
+  est = 0.0
+  for name, ts in (("diag", diag), ("pair", pair)):
+    if not ts:
+      continue
+    out[f"first_{name}_s"] = ts[0]
+    out[f"n_{name}"] = len(ts)
+    if len(ts) > 1:
+      med = statistics.median(ts[1:])
+      out[f"median_{name}_s"] = med
+      est += med * len(ts)
+  # Warm estimate: every tile at its kind's median; needs a median for each kind present.
+  if (not diag or out["median_diag_s"] is not None) and (not pair or
+                                                        out["median_pair_s"] is not None):
+    out["est_warm_s"] = est
+  return out
+
+
+def _measure_dataset(cell, f, params, x, budget_s) -> dict:
+  del budget_s
+  import jax  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.dataset import dataset_ntk, load_kernel  # pylint: disable=g-import-not-at-top
+  kernel = _kernel(f, cell["implementation"], cell)
+  store_root = cell.get("store_dir") or None
+  if store_root:
+    os.makedirs(store_root, exist_ok=True)
+  store = tempfile.mkdtemp(prefix=f"ntk_dataset_n{cell['n']}_", dir=store_root)
+  marks = []
+  res: dict = {"store": store}
+  try:
+    base = common.current_rss_bytes()
+    t0 = time.perf_counter()
+    dk = dataset_ntk(kernel, x, None, params, store=store, tile=cell.get("tile_request"),
+                     progress=False, on_tile=lambda i, j: marks.append((i, j, time.perf_counter())))
+    t1 = time.perf_counter()
+    peak = common.max_rss_bytes()
+    res.update({"first_call_s": t1 - t0, "loop_s": dk.seconds, "setup_s": (t1 - t0) - dk.seconds,
+                "tile": list(dk.tile), "n_tiles": dk.computed + dk.reused,
+                "tiles_computed": dk.computed, "complete": dk.complete,
+                "kernel_shape": list(dk.shape), "baseline_mb": base / _MB,
+                "peak_mb": max(0, peak - base) / _MB, "memory_kind": "cpu_peak_rss_delta"})
+    res.update(_tile_stats(marks, t1 - dk.seconds))
+    res["median_s"] = res.get("est_warm_s")  # The warm figure of this cell is an estimate.
+    res.update(_decision_info(dk.decision))
+    try:
+      res["store_mb"] = sum(os.path.getsize(os.path.join(d, fn)) for d, _, fns in os.walk(store)
+                            for fn in fns) / _MB
+    except OSError:
+      pass
+    stored = load_kernel(store)
+    res["kernel_norm"] = peer_dataset.kernel_norm(stored)
+    if cell["n"] <= cell.get("check_max_n", 0):
+      import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+      ref = np.asarray(jax.jit(lambda a, p: kernel(a, None, p))(jnp.asarray(x), params),
+                       np.float64)
+      got = np.asarray(stored, np.float64)
+      res["check_rel_err"] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+  finally:
+    if not cell.get("keep_store"):
+      shutil.rmtree(store, ignore_errors=True)
+  return res
+
+
+def _measure_pseudo(cell, f, params, x, budget_s) -> dict:
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.ntk.pseudo import pseudo_ntk_fn  # pylint: disable=g-import-not-at-top
+  impl = cell["implementation"]
+  full = _kernel(f, impl, cell)
+  pseudo = pseudo_ntk_fn(f, vmap_axes=0, implementation=impl,
+                         memory_budget=cell.get("memory_budget"))
+  xj = jnp.asarray(x)
+  t_start = time.time()
+  rf = common.time_fn(lambda a, p: full(a, None, p), xj, params, repeats=cell["repeats"],
+                      time_budget_s=budget_s / 2, keep_output=True)
+  rp = common.time_fn(lambda a, p: pseudo(a, None, p), xj, params, repeats=cell["repeats"],
+                      time_budget_s=budget_s - (time.time() - t_start), keep_output=True)
+  theta = np.asarray(rf.pop("_out"), np.float64)  # (N, N, O, O)
+  theta_p = np.asarray(rp.pop("_out"), np.float64)  # (N, N)
+  n, o = theta.shape[0], theta.shape[2]
+  res = {"first_call_s": rf["compile_s"] + rf["first_run_s"], "median_s": rf["median_s"],
+         "pseudo_first_call_s": rp["compile_s"] + rp["first_run_s"],
+         "pseudo_median_s": rp["median_s"], "pseudo_runs": rp["runs"], "runs": rf["runs"],
+         "kernel_norm": rf["kernel_norm"], "pseudo_kernel_norm": rp["kernel_norm"],
+         "run_peak_mb": rf.get("run_peak_mb"), "pseudo_run_peak_mb": rp.get("run_peak_mb")}
+  norm = np.linalg.norm(theta)
+  # Normalization: Θ_p = (1/O) Σ_{o,o'} Θ_{oo'} (pseudo.py), so Θ = λ I_O per block gives Θ_p = λ.
+  blocksum = theta.sum(axis=(2, 3)) / o
+  res["pseudo_vs_blocksum_rel_err"] = float(np.linalg.norm(theta_p - blocksum)
+                                            / np.linalg.norm(blocksum))
+  eye = np.eye(o)
+  res["rel_err_pseudo_kron"] = float(np.linalg.norm(theta - theta_p[:, :, None, None] * eye)
+                                     / norm)
+  a = np.einsum("nmoo->nm", theta) / o  # The best A in ‖Θ − A ⊗ I‖: the blocks' mean diagonal.
+  res["rel_err_best_kron"] = float(np.linalg.norm(theta - a[:, :, None, None] * eye) / norm)
+  diag = np.einsum("nmoo->nmo", theta)
+  res["block_diag_mass"] = float(np.sum(diag ** 2) / norm ** 2)
+  mat = theta.transpose(0, 2, 1, 3).reshape(n * o, n * o)
+  ev = np.linalg.eigvalsh((mat + mat.T) / 2)
+  evp = np.linalg.eigvalsh((theta_p + theta_p.T) / 2)
+  eva = np.linalg.eigvalsh((a + a.T) / 2)
+  for name, e in (("theta", ev), ("pseudo", evp), ("best_kron", eva)):
+    res[f"eig_min_{name}"] = float(e[0])
+    res[f"eig_max_{name}"] = float(e[-1])
+    res[f"cond_{name}"] = float(e[-1] / e[0]) if e[0] > 0 else math.inf
+  return res
+
+
+def run_one_cell(cell: dict) -> None:
+  meta = {k: cell.get(k) for k in peer_dataset.META_KEYS}
+
+  def measure():
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    info = {"library_version": common.package_version("ntk_zoo")}
+    info.update(common.jax_info())
+    f, params = pure_resnet.model(cell["arch"], cell["outputs"])
+    info["num_params"] = pure_resnet.num_params(params)
+    x = pure_resnet.inputs(cell["n"], cell["image_size"])[0]
+    budget_s = cell["timeout_s"] - (time.time() - _PROC_T0) - 5.0
+    fn = {"single": _measure_single, "dataset": _measure_dataset,
+          "pseudo": _measure_pseudo}[cell["kind"]]
+    try:
+      info.update(fn(cell, f, params, x, budget_s))
+    except _budget_error() as e:  # No plan fits the memory budget: an OOM, found up front.
+      raise MemoryError(f"BudgetError: {e}") from e
+    del jax, jnp
+    return peer_dataset.add_rates(info, cell["n"], cell["outputs"])
+
+  common.cell_main(measure, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep.
+
+def cell_key(rec: dict) -> tuple:
+  return tuple(rec.get(k) for k in ("benchmark", "kind", "library", "implementation", "arch",
+                                    "outputs", "image_size", "n", "batch_size", "tile_request"))
+
+
+def group_key(rec: dict) -> tuple:
+  """Cells that differ only in N: after an OOM/timeout, larger N will not fit either."""
+  return tuple(rec.get(k) for k in ("kind", "library", "implementation", "arch", "outputs",
+                                    "image_size", "batch_size", "tile_request"))
+
+
+def impl_list(s: str) -> list[str]:
+  return common.impl_list(s) if s.strip() else []
+
+
+def build_jobs(args, peer_python: str | None) -> list[tuple[dict, list[str]]]:
+  """(meta, cmd) in run order: per N, ours then the peer's back to back for each method."""
+  base = {"benchmark": "dataset", "arch": args.arch, "outputs": args.outputs,
+          "image_size": args.image_size, "dtype": "float32", "batch_size": None,
+          "tile_request": None}
+  common_cell = {"repeats": args.repeats, "timeout_s": args.timeout,
+                 "memory_budget": args.memory_budget}
+  jobs = []
+
+  def ours(meta):
+    cell = dict(meta, **common_cell, check_max_n=args.check_max_n, store_dir=args.store_dir,
+                keep_store=args.keep_stores)
+    return [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell)]
+
+  def peer(meta):
+    return peer_dataset.cell_command(dict(meta, **common_cell), peer_python)
+
+  for n in args.n_single:
+    for impl in ORDER:
+      if impl in args.implementations:
+        m = dict(base, kind="single", library=LIBRARY, implementation=impl, n=n)
+        jobs.append((m, ours(m)))
+      if peer_python and impl in args.peer_implementations:
+        m = dict(base, kind="peer_single", library=PEER, implementation=impl, n=n)
+        jobs.append((m, peer(m)))
+  for n in args.n_dataset:
+    for impl in args.dataset_implementations:
+      m = dict(base, kind="dataset", library=LIBRARY, implementation=impl, n=n,
+               tile_request=args.tile)
+      jobs.append((m, ours(m)))
+    if peer_python:
+      for impl in ORDER:
+        if impl in args.peer_batch_implementations:
+          m = dict(base, kind="peer_batch", library=PEER, implementation=impl, n=n,
+                   batch_size=min(args.peer_batch, n))
+          jobs.append((m, peer(m)))
+  for n in args.n_pseudo:
+    m = dict(base, kind="pseudo", library=LIBRARY, implementation=args.pseudo_implementation,
+             n=n)
+    jobs.append((m, ours(m)))
+  return jobs
+
+
+def _counts(rec: dict, args) -> bool:
+  """Whether an old record stands for its cell (not rerun) under the current limits."""
+  st = rec.get("status")
+  if st in ("ok", "unavailable"):
+    return True
+  if st in FAILED:
+    return (rec.get("timeout_s", 0) >= args.timeout
+            and rec.get("mem_limit_mb", 0) >= args.mem_limit_mb)
+  return False
+
+
+def _line(i, total, rec) -> str:
+  m = rec
+  name = f"{m['kind']} {'ours' if m['library'] == LIBRARY else 'peer'} {SHORT[m['implementation']]}"
+  bits = [f"[{i}/{total}] {name} N={m['n']}"]
+  if m.get("batch_size"):
+    bits.append(f"B={m['batch_size']}")
+  bits.append(f": {rec['status']}")
+  if rec["status"] == "ok":
+    bits.append(f" first {rec.get('first_call_s', float('nan')):.2f} s")
+    if rec.get("median_s") is not None:
+      bits.append(f" warm {rec['median_s']:.3g} s")
+    if rec.get("rate_warm"):
+      bits.append(f" ({rec['rate_warm']:.3g} entries/s warm)")
+    if rec.get("tile"):
+      bits.append(f" tile {rec['tile'][0]} × {rec.get('n_tiles')} tiles")
+    if rec.get("chosen"):
+      bits.append(f" [{SHORT.get(rec['chosen'], rec['chosen'])}]")
+    if rec.get("rel_err_pseudo_kron") is not None:
+      bits.append(f" pseudo err {rec['rel_err_pseudo_kron']:.3g}")
+  bits.append(f" (cell {rec.get('cell_wall_s', 0):.1f} s, RSS {rec.get('child_maxrss_mb', 0):.0f}"
+              f" MB, load {rec.get('loadavg_1m')})")
+  if rec["status"] != "ok":
+    bits.append(f" — {str(rec.get('error', ''))[:300]}")
+  return "".join(bits)
+
+
+def run_sweep(jobs, args) -> None:
+  out_path = args.out
+  if args.fresh and os.path.exists(out_path):
+    os.remove(out_path)
+  old = {}
+  for r in common.read_jsonl(out_path):
+    old[cell_key(r)] = r
+  failed_at: dict[tuple, int] = {}  # group -> smallest N that failed (OOM/timeout).
+  for r in old.values():
+    if r.get("status") in FAILED and _counts(r, args):
+      g = group_key(r)
+      failed_at[g] = min(failed_at.get(g, r["n"]), r["n"])
+  t_sweep = time.time()
+  for i, (meta, cmd) in enumerate(jobs):
+    prev = old.get(cell_key(meta))
+    if prev is not None and _counts(prev, args):
+      continue
+    g = group_key(meta)
+    rec = dict(meta)
+    if not args.no_skip_larger and g in failed_at and meta["n"] > failed_at[g]:
+      rec.update(status="skipped", error=f"N={failed_at[g]} already failed (OOM/timeout)")
+    else:
+      rec.update(common.run_cell(cmd, args.timeout, args.mem_limit_mb, cwd=REPO))
+    rec.update(meta)
+    rec["timeout_s"], rec["mem_limit_mb"] = args.timeout, args.mem_limit_mb
+    common.append_jsonl(out_path, rec)
+    if rec["status"] in FAILED:
+      failed_at[g] = min(failed_at.get(g, meta["n"]), meta["n"])
+    print(_line(i + 1, len(jobs), rec) + f" [sweep {time.time() - t_sweep:.0f} s]",
+          file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown.
+
+def _row(cells) -> str:
+  return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _st(rec) -> str | None:
+  st = (rec or {}).get("status")
+  if rec is None:
+    return "—"
+  if st == "ok":
+    return None
+  return {"unavailable": "n/a", "timeout": "timeout", "oom": "OOM", "skipped": "skipped"}.get(
+      st, "error")
+
+
+def _num(rec, field, scale=1.0, digits=3):
+  bad = _st(rec)
+  if bad:
+    return bad
+  v = rec.get(field)
+  return "—" if v is None else common.fmt_num(v * scale, digits)
+
+
+def _sci(v) -> str:
+  return "—" if v is None else f"{v:.3g}"
+
+
+def _rate(rec, field) -> str:
+  bad = _st(rec)
+  if bad:
+    return bad
+  return _sci(rec.get(field))
+
+
+def _rss(rec) -> str:
+  v = (rec or {}).get("child_maxrss_mb")
+  return "—" if v is None else common.fmt_num(v)
+
+
+def _method(rec) -> str:
+  name = SHORT.get(rec["implementation"], rec["implementation"])
+  if rec["implementation"] == AUTO and rec.get("chosen"):
+    name += f" → {SHORT.get(rec['chosen'], rec['chosen'])}"
+  return name
+
+
+def _lib(rec) -> str:
+  return "ours" if rec["library"] == LIBRARY else "neural-tangents"
+
+
+def _largest(recs: list[dict]) -> str:
+  """'N' (largest ok) with what happened at the next N tried."""
+  ok = [r["n"] for r in recs if r.get("status") == "ok"]
+  tried = sorted({r["n"] for r in recs if r.get("status") != "skipped"})
+  if not ok:
+    first = min(recs, key=lambda r: r["n"])
+    return f"none (N={first['n']}: {_st(first)})"
+  best = max(ok)
+  above = [r for r in recs if r["n"] > best and r.get("status") not in ("skipped",)]
+  if not above:
+    return f"**{best}** (largest tried)"
+  nxt = min(above, key=lambda r: r["n"])
+  return f"**{best}** (N={nxt['n']}: {_st(nxt) or 'ok'})"
+
+
+def markdown(records: list[dict], meta: dict) -> str:
+  latest = {}
+  for r in records:
+    latest[cell_key(r)] = r
+  recs = sorted(latest.values(), key=lambda r: (r["n"], r["library"] != LIBRARY,
+                                                ORDER.index(r["implementation"])
+                                                if r["implementation"] in ORDER else 9))
+  m = meta.get("machine", {})
+  ok = [r for r in recs if r.get("status") == "ok"]
+  jv = sorted({r.get("jax_version") for r in ok if r["library"] == LIBRARY
+               and r.get("jax_version")})
+  pv = sorted({f"{r.get('library_version')} on JAX {r.get('jax_version')}" for r in ok
+               if r["library"] == PEER})
+  arch = meta.get("arch", "rn18")
+  o = meta.get("outputs", 10)
+  size = meta.get("image_size", 32)
+  nparams = next((r.get("num_params") for r in ok if r.get("num_params")), None)
+  cmds = meta.get("commands") or [meta.get("command", "?")]
+  L = [f"## Dataset-scale NTK ({arch} {size}², O = {o}): tiled vs one call, ours vs "
+       "neural-tangents' `nt.batch`", ""]
+  L.append("Command" + ("s (in order, " if len(cmds) > 1 else " (") + "from the repository root): "
+           + "; ".join(f"`{c}`" for c in cmds))
+  L.append("")
+  if meta.get("git"):
+    L.append(f"ntk_zoo code of the last command: commit {meta['git']}.")
+    L.append("")
+  L.append(f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model', '?')}), shared with other "
+           f"jobs; {meta.get('platform', 'cpu')}; ntk_zoo on JAX {', '.join(jv) or '?'}"
+           + (f"; neural-tangents {', '.join(pv)}" if pv else "") + f"; {m.get('date', '?')}.")
+  L.append("")
+  budget = meta.get("memory_budget")
+  L.append(
+      f"Model: `benchmarks/pure_resnet.py` {arch} ({nparams:,} parameters) " if nparams else
+      f"Model: `benchmarks/pure_resnet.py` {arch} ")
+  L[-1] += (
+      f"at {size}×{size}, O = {o}, float32; the full NTK (`trace_axes=()`, `vmap_axes=0`) of N "
+      f"inputs with themselves (x2 = None), N² · O² entries; entries/s = N² · O² / time. Each "
+      "cell ran in a fresh subprocess, one at a time, ours and the peer's back to back per N; "
+      f"cells past {meta.get('timeout', 0):.0f} s (timeout) or {meta.get('mem_limit_mb', 0):.0f} "
+      "MB resident (OOM) were killed, and larger N of that method were then skipped. First call: "
+      "compile + first run (`jit(...).lower().compile()`, then one execution), what a user waits "
+      "for; warm: median of later runs (at least "
+      f"{meta.get('repeats', 1)}, as many as fit the cell's time limit). Peak RSS: the cell "
+      "process's peak resident memory (kernel-reported, the whole process incl. imports and "
+      "compilation; what the cap applies to). Our memory budget: "
+      + (f"`memory_budget={budget}`" if budget else "ntk_zoo's default (60 % of the RAM "
+         "available when the kernel is first called)") + ".")
+  L.append("")
+  loads = sorted(l for r in recs for l in (r.get("loadavg_1m") or []))
+  if loads:
+    L.append(f"Machine load (1-min load average at each cell's start and end): median "
+             f"{loads[len(loads) // 2]:.1f}, range {loads[0]:.1f}–{loads[-1]:.1f}.")
+    L.append("")
+  for note in meta.get("notes") or []:
+    L += [note, ""]
+
+  # Single call.
+  single = [r for r in recs if r["kind"] in ("single", "peer_single")]
+  if single:
+    L += ["### One call (the whole N × N kernel in memory)", ""]
+    head = ["N", "library", "method", "status", "first call s", "warm s", "entries/s first",
+            "entries/s warm", "peak RSS MB", "‖Θ‖_F"]
+    L += [_row(head), _row(["---"] * len(head))]
+    for r in single:
+      L.append(_row([r["n"], _lib(r), _method(r), r.get("status"), _num(r, "first_call_s"),
+                     _num(r, "median_s") + ("†" if r.get("status") == "ok" and
+                                            r.get("runs", 0) < meta.get("repeats", 1) else ""),
+                     _rate(r, "rate_first"), _rate(r, "rate_warm"), _rss(r),
+                     _num(r, "kernel_norm", digits=6)]))
+    L.append("")
+    groups = common.iter_unique((r["library"], r["implementation"]) for r in single)
+    parts = []
+    for lib, impl in groups:
+      g = [r for r in single if (r["library"], r["implementation"]) == (lib, impl)]
+      parts.append(f"{'ours' if lib == LIBRARY else 'neural-tangents'} {SHORT[impl]}: "
+                   f"{_largest(g)}")
+    L.append("**Largest N in one call** (under the limits above): " + "; ".join(parts) + ".")
+    L.append("")
+
+  # Dataset scale.
+  tiled = [r for r in recs if r["kind"] in ("dataset", "peer_batch")]
+  if tiled:
+    L += ["### Dataset scale (tiled): `dataset_ntk` vs `nt.batch`", ""]
+    L.append(
+        "Ours: `dataset_ntk(ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=…), x, None, "
+        "params, store=TMP, tile=None)`: tile planned from the memory budget, each tile one "
+        "jitted call written to an on-disk zarr store; symmetric, so only tiles j ≥ i are "
+        "computed (diagonal tiles as Θ(a, a)). Time: the whole call (planning, two compiles, "
+        "tiles, writes). \"warm s\" for ours is estimated from the tile times (every tile at its "
+        "kind's median after the first, i.e. without the compiles); per tile: first diagonal / "
+        "first off-diagonal (each compiles) / median of the rest. Peer: `nt.batch(kernel_fn, "
+        "batch_size=B, store_on_device=False)(x, None, params)`: all (N/B)² batch pairs "
+        "(it ignores the symmetry), stacked in memory; first call (compile included) and a warm "
+        "second call. check: ‖stored − one call‖_F / ‖one call‖_F (small N only).")
+    L.append("")
+    head = ["N", "library", "method", "tile / B", "tiles", "status", "time s (first call)",
+            "warm s", "entries/s", "entries/s warm", "s per tile", "peak RSS MB", "check"]
+    L += [_row(head), _row(["---"] * len(head))]
+    for r in tiled:
+      if r["kind"] == "dataset":
+        tile = r.get("tile", [None])[0] if r.get("tile") else (r.get("tile_request") or "plan")
+        tiles = f"{r.get('n_tiles')}" if r.get("n_tiles") else "—"
+        per = ("—" if _st(r) else
+               " / ".join(common.fmt_num(r.get(k)) for k in ("first_diag_s", "first_pair_s"))
+               + " / " + common.fmt_num(r.get("median_pair_s") or r.get("median_diag_s")))
+        check = _sci(r.get("check_rel_err")) if r.get("check_rel_err") is not None else "—"
+      else:
+        tile = r.get("effective_batch_size") or r.get("batch_size")
+        tiles = f"{r.get('n_tiles')}" if r.get("n_tiles") else "—"
+        per = ("—" if _st(r) or not r.get("n_tiles") else
+               f"{common.fmt_num(r['first_call_s'] / r['n_tiles'])} (first call) / "
+               + (common.fmt_num(r["median_s"] / r["n_tiles"]) if r.get("median_s") else "—")
+               + " (warm)")
+        check = "—"
+      L.append(_row([r["n"], _lib(r), _method(r), tile, tiles, r.get("status"),
+                     _num(r, "first_call_s"), _num(r, "median_s"), _rate(r, "rate_first"),
+                     _rate(r, "rate_warm"), per, _rss(r), check]))
+    L.append("")
+    parts = []
+    for lib, impl, kind in common.iter_unique((r["library"], r["implementation"], r["kind"])
+                                              for r in tiled):
+      g = [r for r in tiled if (r["library"], r["implementation"], r["kind"]) == (lib, impl, kind)]
+      parts.append(f"{'ours dataset_ntk' if lib == LIBRARY else 'nt.batch'} {SHORT[impl]}: "
+                   f"{_largest(g)}")
+    L.append("**Largest N tiled** (of those tried): " + "; ".join(parts) + ".")
+    # Tiled vs one call at the same N (ours: best single method).
+    cmp_ = []
+    for r in tiled:
+      if r.get("status") != "ok" or r["kind"] != "dataset":
+        continue
+      s = [x for x in single if x["n"] == r["n"] and x["library"] == LIBRARY
+           and x.get("status") == "ok" and x.get("rate_warm")]
+      if s:
+        best = max(s, key=lambda x: x["rate_warm"])
+        cmp_.append(f"N={r['n']}: tiled {_sci(r.get('rate_first'))} entries/s (whole call) vs "
+                    f"one call {SHORT[best['implementation']]} {_sci(best['rate_first'])} first / "
+                    f"{_sci(best['rate_warm'])} warm")
+    if cmp_:
+      L.append("")
+      L.append("Tiled vs one call, ours, same N: " + "; ".join(cmp_) + ".")
+    L.append("")
+
+  # Pseudo-NTK.
+  ps = [r for r in recs if r["kind"] == "pseudo"]
+  if ps:
+    L += ["### Pseudo-NTK vs the full NTK (ours)", ""]
+    L.append(
+        "Θ: `ntk_fn(f, trace_axes=(), vmap_axes=0)` (N, N, O, O); Θ_p: `pseudo_ntk_fn(f, "
+        "vmap_axes=0)` (N, N), the NTK of Σ_o f_o / √O, equal to (1/O) Σ_{o,o'} Θ_{oo'} (checked: "
+        "\"Θ_p check\"), so that Θ = λ·I_O per block gives Θ_p = λ. Errors are relative Frobenius "
+        "norms over all N²O² entries: ‖Θ − Θ_p ⊗ I_O‖ / ‖Θ‖, and the same for the best such "
+        "approximation A ⊗ I_O (A = mean of each block's diagonal). Diagonal mass: Σ Θ_{oo}² / "
+        "‖Θ‖² (on the O × O blocks' diagonals). cond: λ_max / λ_min of Θ as an NO × NO matrix, "
+        "of Θ_p (N × N), of A. Times: first call (compile + run) / warm.")
+    L.append("")
+    head = ["N", "method", "status", "Θ s", "Θ_p s", "‖Θ − Θ_p⊗I‖/‖Θ‖", "‖Θ − A⊗I‖/‖Θ‖",
+            "diag mass", "cond Θ", "cond Θ_p", "cond A", "Θ_p check"]
+    L += [_row(head), _row(["---"] * len(head))]
+    for r in ps:
+      bad = _st(r)
+      if bad:
+        L.append(_row([r["n"], _method(r), r.get("status")] + [bad] * 9))
+        continue
+      L.append(_row([
+          r["n"], _method(r), "ok",
+          f"{common.fmt_num(r['first_call_s'])} / {common.fmt_num(r.get('median_s'))}",
+          f"{common.fmt_num(r['pseudo_first_call_s'])} / "
+          f"{common.fmt_num(r.get('pseudo_median_s'))}",
+          _sci(r["rel_err_pseudo_kron"]), _sci(r["rel_err_best_kron"]),
+          common.fmt_num(r["block_diag_mass"]), _sci(r["cond_theta"]), _sci(r["cond_pseudo"]),
+          _sci(r["cond_best_kron"]), _sci(r["pseudo_vs_blocksum_rel_err"])]))
+    L.append("")
+  # ‖Θ‖_F of every kernel computed at one N (all methods, both libraries, one call / tiled).
+  spreads, bad = [], []
+  for n in sorted({r["n"] for r in ok}):
+    v = [r["kernel_norm"] for r in ok if r["n"] == n and r.get("kernel_norm")]
+    if len(v) > 1:
+      spread = (max(v) - min(v)) / max(v)
+      spreads.append((spread, n, len(v)))
+      if spread > 1e-3:
+        bad.append(f"N={n}: {spread:.1e}")
+  if spreads:
+    worst = max(spreads)
+    L.append(f"‖Θ‖_F of all kernels of one N (every method, both libraries, one call and tiled) "
+             f"agrees to {worst[0]:.1e} (worst: N={worst[1]}, {worst[2]} kernels)"
+             + (f"; **disagreement > 1e-3**: {', '.join(bad)}" if bad else "") + ".")
+    L.append("")
+  L.append(f"Raw records: `{meta.get('out_rel', 'benchmarks/out/dataset.jsonl')}` (per-tile times, "
+           "plans, XLA FLOPs, …; not committed).")
+  return "\n".join(L)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _git_state() -> str:
+  """HEAD's short hash, plus a note if ntk_zoo/ has uncommitted changes (read-only git)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "ntk_zoo"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return head + (" + uncommitted changes in ntk_zoo/" if dirty else "")
+
+
+DEFAULT_N_SINGLE = "16,32,64,128,256,512"
+DEFAULT_N_DATASET = "256,512"
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--n-single", type=common.int_list, default=common.int_list(DEFAULT_N_SINGLE),
+                 help=f"N for one-call cells (default {DEFAULT_N_SINGLE}); '' for none")
+  p.add_argument("--n-dataset", type=common.int_list, default=common.int_list(DEFAULT_N_DATASET),
+                 help=f"N for tiled cells (default {DEFAULT_N_DATASET}); '' for none")
+  p.add_argument("--n-pseudo", type=common.int_list, default=[64],
+                 help="N for the pseudo-NTK cells (default 64); '' for none")
+  p.add_argument("--implementations", type=impl_list, default=list(ORDER),
+                 help="ours, one call: jc,vp,sd,auto (default all)")
+  p.add_argument("--peer-implementations", type=impl_list, default=[JC, VP, SD],
+                 help="the peer's, one call: jc,vp,sd (default), auto (its implementation=0)")
+  p.add_argument("--dataset-implementations", type=impl_list, default=[AUTO],
+                 help="ours, dataset_ntk: default auto")
+  p.add_argument("--peer-batch-implementations", type=impl_list, default=[JC, VP, SD],
+                 help="the peer's, nt.batch: default jc,vp,sd")
+  p.add_argument("--pseudo-implementation", type=lambda s: impl_list(s)[0], default=AUTO,
+                 help="ours, for Θ and Θ_p in the pseudo cells (default auto)")
+  p.add_argument("--peer-venv", default=None,
+                 help="neural-tangents venv (setup_neural_tangents.sh); runs the peer's cells")
+  p.add_argument("--peer-batch", type=int, default=64,
+                 help="nt.batch batch_size B (default 64; N must be divisible by it, B > N "
+                      "becomes N)")
+  p.add_argument("--tile", type=int, default=None,
+                 help="our dataset_ntk tile (default: planned, tile=None)")
+  p.add_argument("--arch", default="rn18", choices=sorted(pure_resnet.ARCHS))
+  p.add_argument("--outputs", type=int, default=10, help="logits O (default 10)")
+  p.add_argument("--image-size", type=int, default=32, help="input side (default 32)")
+  p.add_argument("--memory-budget", default=None,
+                 help="ours: ntk_fn(memory_budget=...), e.g. 12GB (default: ntk_zoo's)")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="warm runs per cell, at least (more while under 1 s; fewer if the "
+                      "timeout would pass)")
+  p.add_argument("--timeout", type=float, default=600.0,
+                 help="seconds per cell subprocess (imports + compile + runs)")
+  p.add_argument("--mem-limit-mb", type=float, default=20000.0,
+                 help="kill a cell whose resident memory exceeds this (recorded as OOM)")
+  p.add_argument("--check-max-n", type=int, default=64,
+                 help="dataset cells with N up to this also check the store against one call")
+  p.add_argument("--store-dir", default=None, help="where the temporary stores go (default $TMPDIR)")
+  p.add_argument("--keep-stores", action="store_true", help="do not delete the stores")
+  p.add_argument("--no-skip-larger", action="store_true",
+                 help="run larger N even after a smaller one ran out of memory/time")
+  p.add_argument("--out", default=os.path.join(HERE, "out", "dataset.jsonl"))
+  p.add_argument("--fresh", action="store_true",
+                 help="delete --out first (default: resume, skipping cells already recorded)")
+  p.add_argument("--markdown", action="store_true", help="print the markdown section")
+  p.add_argument("--results-md", default=None,
+                 help="also write the section between its markers in this file")
+  p.add_argument("--report-only", action="store_true", help="run nothing (with --markdown)")
+  p.add_argument("--note", action="append", default=None,
+                 help="a paragraph for the markdown section (kept in the .meta.json)")
+  p.add_argument("--cell", default=None, help=argparse.SUPPRESS)
+  argv = sys.argv[1:] if argv is None else argv
+  args = p.parse_args(argv)
+  if args.cell:
+    run_one_cell(json.loads(args.cell))
+    return
+
+  meta_path = args.out + ".meta.json"
+  old = {}
+  if os.path.exists(meta_path) and not args.fresh:
+    with open(meta_path) as f:
+      old = json.load(f)
+  if not args.report_only:
+    peer_py = None
+    if args.peer_venv:
+      peer_py = os.path.join(os.path.expanduser(args.peer_venv), "bin", "python")
+      if not os.path.exists(peer_py):
+        p.error(f"--peer-venv: {peer_py} not found; build it with setup_neural_tangents.sh")
+    jobs = build_jobs(args, peer_py)
+    import jax  # pylint: disable=g-import-not-at-top
+    meta = {"command": shlex.join([sys.executable,
+                                   os.path.relpath(os.path.abspath(__file__), REPO), *argv]),
+            "machine": common.machine_info(), "platform": jax.devices()[0].platform,
+            "repeats": args.repeats, "timeout": args.timeout, "mem_limit_mb": args.mem_limit_mb,
+            "memory_budget": args.memory_budget, "arch": args.arch, "outputs": args.outputs,
+            "image_size": args.image_size,
+            "out_rel": os.path.relpath(os.path.abspath(args.out), REPO), "git": _git_state()}
+    if old and os.path.exists(args.out):
+      meta["commands"] = old.get("commands", [old.get("command")]) + [meta["command"]]
+      meta["notes"] = old.get("notes")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(meta_path, "w") as f:
+      json.dump(meta, f, indent=1)
+    old = meta
+    t0 = time.time()
+    print(f"{len(jobs)} cells, one at a time, timeout {args.timeout:.0f} s, memory cap "
+          f"{args.mem_limit_mb:.0f} MB each", file=sys.stderr)
+    run_sweep(jobs, args)
+    print(f"done in {time.time() - t0:.0f} s; records in {args.out}", file=sys.stderr)
+  if args.note is not None:
+    old["notes"] = [n for n in args.note if n]
+    with open(meta_path, "w") as f:
+      json.dump(old, f, indent=1)
+  if args.markdown or args.results_md:
+    if not old:
+      p.error(f"{meta_path} not found: run the sweep first")
+    body = markdown(common.read_jsonl(args.out), old)
+    if args.markdown:
+      print(body)
+    if args.results_md:
+      common.replace_between_markers(args.results_md, BEGIN, END, body)
+      print(f"wrote the dataset section of {args.results_md}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()
