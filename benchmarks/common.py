@@ -31,7 +31,8 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -491,7 +492,7 @@ def machine_info() -> dict:
   except OSError:
     pass
   return {"cpu_count": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version(),
-          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+          "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def jax_info() -> dict:

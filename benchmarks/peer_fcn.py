@@ -47,7 +47,6 @@ def run_one_cell(cell: dict) -> None:
                                "depth", "dtype")}
 
   def measure():
-    import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     nt = _import_nt(cell.get("import_tf", False))
     info = {"library_version": getattr(nt, "__version__", common.package_version("neural-tangents")),

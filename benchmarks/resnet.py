@@ -36,7 +36,6 @@ _PROC_T0 = time.time()
 
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
-import math
 import os
 import shlex
 import sys

@@ -542,7 +542,7 @@ def run_score(args: argparse.Namespace) -> None:
 
 
 # Subcommands, in the order `--help` lists them: one `add_<name>(subparsers)` each.
-from ntk_zoo import kernel_cli  # pylint: disable=g-import-not-at-top,wrong-import-position  (uses this module)
+from ntk_zoo import kernel_cli  # noqa: E402  (it uses this module: imported once this one is defined)
 
 COMMANDS: tuple[Callable[[Any], None], ...] = (add_ntk, add_score, add_reproduce,
                                                kernel_cli.add_kernel)

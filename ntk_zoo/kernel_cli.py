@@ -249,4 +249,4 @@ class _Fitted:
     image = np.asarray(self.source[i])
     if image.shape == self.shape and image.dtype == np.float32:
       return image
-    return images_lib.fit(image, self.shape[:2], self.shape[2])
+    return images_lib.fit(image, (self.shape[0], self.shape[1]), self.shape[2])

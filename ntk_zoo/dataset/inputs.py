@@ -41,8 +41,8 @@ class Examples:
       if not leaves:
         raise ValueError("The inputs hold no arrays: pass an array (examples on axis 0), a "
                          "pytree of arrays, or a sequence of examples (e.g. a tfds.data_source).")
-      sizes = {np.shape(l)[0] if np.ndim(l) else None for l in leaves}
-      if None in sizes or len(sizes) != 1:
+      sizes = {int(np.shape(l)[0]) if np.ndim(l) else -1 for l in leaves}
+      if -1 in sizes or len(sizes) != 1:
         shapes = [np.shape(l) for l in leaves]
         raise ValueError(f"Every input leaf needs the examples on axis 0, all of one size; got "
                          f"shapes {shapes}.")

@@ -18,7 +18,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -131,7 +131,7 @@ def dataset_ntk(kernel_fn: Callable, xs1: Any, xs2: Any = None, params: PyTree =
   if t1 % n_dev:
     raise ValueError(f"tile {t1} (x1 examples) is not a multiple of the mesh's {n_dev} devices "
                      f"that share it; use a multiple of {n_dev}.")
-  ex2_ = ex1 if symmetric else ex2
+  ex2_ = ex2 if ex2 is not None else ex1
   n1, n2 = len(ex1), len(ex2_)
   t1, t2 = min(t1, _round_up(n1, n_dev)), min(t2, n2)
   if symmetric:
@@ -248,7 +248,7 @@ def plan_tile(kernel_fn: Callable, ex1: inputs_lib.Examples, ex2: inputs_lib.Exa
                          _repeat(a1, max(1, side // n_devices)), _repeat(b1, side))
     except memory.BudgetError:
       return math.inf
-    plan = kernel_fn.last_decision.plan
+    plan = cast(Any, kernel_fn).last_decision.plan  # Set by the call just traced.
     blocked = any(len(b) == 4 and (b[2] > 1 or b[3]) for b in plan.blocks)
     if blocked or n_devices * k.size * k.dtype.itemsize > plan.budget / 4:
       return math.inf

@@ -365,7 +365,7 @@ INIT_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
 _JIT_INIT_MAX_PARAMS = 2_000_000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_init(module: nn.Module, shape: tuple[int, ...], dtype: Any):
   """`key -> params` compiled at `INIT_COMPILER_OPTIONS`, or None for a large model."""
   x = jax.ShapeDtypeStruct(shape, dtype)
