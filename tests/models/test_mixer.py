@@ -21,17 +21,13 @@ import torch.nn.functional as F
 import ntk_zoo.models
 from ntk_zoo.models import checkpoints, mixer
 from ntk_zoo.models.checkpoints import CheckpointMismatchError
+from ntk_zoo.testing import max_normalized_error as rel_err
 
 # A small Mixer for the file tests: width 32, 2 blocks, 16x16 patches on 32x32 images (4 tokens).
 SMALL = mixer.MixerConfig(hidden_dim=32, tokens_mlp_dim=16, channels_mlp_dim=64, num_blocks=2,
                           patch_size=16)
 IMAGE = 32
 CLASSES = 10
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def images(n: int = 2, size: int = IMAGE, seed: int = 1) -> np.ndarray:

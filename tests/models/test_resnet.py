@@ -19,6 +19,7 @@ import ntk_zoo.models
 from ntk_zoo.models import flax_checkpoints, resnet
 from ntk_zoo.models.adapters import BoundApply
 from ntk_zoo.models.checkpoints import CheckpointMismatchError
+from ntk_zoo.testing import max_normalized_error as rel_err
 
 # ---------------------------------------------------------------------------------------------
 # An independent torchvision-architecture ResNet: state-dict shapes and a functional forward.
@@ -127,11 +128,6 @@ def torch_resnet_forward(sd: dict[str, np.ndarray], arch: str, x_nchw: np.ndarra
         x = F.relu(y + x)
     x = x.mean(dim=(2, 3))
     return F.linear(x, t["fc.weight"], t["fc.bias"]).numpy()
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,16 +22,12 @@ import torch.nn.functional as F
 import ntk_zoo.models
 from ntk_zoo.models import checkpoints, npz_convert, vit
 from ntk_zoo.models.checkpoints import CheckpointMismatchError
+from ntk_zoo.testing import max_normalized_error as rel_err
 
 # A small ViT used for the file tests: width 32, 4 heads, 2 blocks, 8x8 patches on 32x32 images.
 SMALL = vit.ViTConfig(hidden_size=32, mlp_dim=64, num_heads=4, num_layers=2, patch_size=8)
 IMAGE = 32
 CLASSES = 10
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 # ---------------------------------------------------------------------------------------------

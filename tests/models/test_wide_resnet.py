@@ -18,15 +18,11 @@ import torch.nn.functional as F
 
 import ntk_zoo.models
 from ntk_zoo.models import checkpoints, wide_resnet
+from ntk_zoo.testing import max_normalized_error as rel_err
 
 
 def count(variables) -> int:
   return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables))
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def t(a) -> torch.Tensor:
