@@ -17,12 +17,13 @@ setup(
     long_description=(here / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["ntk_zoo", "ntk_zoo.*"]),
+    package_data={"ntk_zoo": ["py.typed"]},
     python_requires=">=3.11",
     install_requires=install_requires,
     entry_points={"console_scripts": ["ntk-zoo = ntk_zoo.cli:main"]},
     extras_require={
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17",
-                 "torch==2.13.0"],
+                 "torch==2.13.0", "ruff==0.17.5", "mypy==2.4.1"],
         "data": ["tensorflow-datasets==4.9.10"],
     },
 )

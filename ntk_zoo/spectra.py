@@ -8,8 +8,7 @@ the extreme eigenvalues, and adds the exact trace and a Hutch++ estimate of ||Θ
 
 Not implemented: the log-determinant (stochastic Lanczos quadrature); use the dense kernel.
 
-    >>> s = ntk_spectrum(apply, params, x, k=3, batch_size=64)
-    >>> s.largest, s.condition_number, s.effective_rank
+    >>> ntk_spectrum(apply, params, x, k=3, batch_size=64).condition_number
 """
 
 from __future__ import annotations
@@ -28,9 +27,6 @@ from ntk_zoo.ntk.typing import PyTree
 
 __all__ = ["ConvergenceError", "NTKOperator", "Spectrum", "ntk_operator", "ntk_spectrum"]
 
-# Columns per jitted call of `matmat` (the last block is zero-padded: one compiled shape).
-COLUMN_BLOCK = 16
-
 
 class ConvergenceError(RuntimeError):
   """`eigsh` (ARPACK) did not converge; `__cause__` is scipy's `ArpackNoConvergence`."""
@@ -41,12 +37,12 @@ class NTKOperator(LinearOperator):
 
   Attributes:
     num_examples: N.  num_outputs: O.  batch_size: examples per chunk (N when unchunked).
-    dtype_compute: the params' dtype, in which Θ·v is computed.
+    dtype_compute: the params' dtype, Θ·v's.  column_block: columns per `matmat` call.
     matvecs: NTK-vector products computed so far (a `matmat` of m columns counts m).
   """
 
   def __init__(self, f: Callable, params: PyTree, x: PyTree, batch_size: int | None,
-               vmap_axes: int | None):
+               vmap_axes: int | None, column_block: int = 16):
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves or not all(jnp.issubdtype(jnp.result_type(l), jnp.inexact) for l in leaves):
       raise ValueError("params must be a non-empty pytree of float arrays (they are "
@@ -55,96 +51,85 @@ class NTKOperator(LinearOperator):
       raise ValueError(f"vmap_axes must be an int (the batch axis of x and of f's output) or "
                        f"None (f mixes examples: no chunking); got {vmap_axes!r}.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-      raise ValueError(f"batch_size must be a positive int (examples per chunk) or None (all "
-                       f"at once); got {batch_size!r}.")
+      raise ValueError(f"batch_size must be a positive int (examples per chunk) or None; got "
+                       f"{batch_size!r}.")
+    if not isinstance(column_block, int) or column_block < 1:
+      raise ValueError(f"column_block must be a positive int; got {column_block!r}.")
     if batch_size is not None and vmap_axes is None:
       raise ValueError("batch_size needs a batch axis: chunking assumes f is per-example. "
                        "Fix: pass vmap_axes=0 (or x's batch axis), or batch_size=None.")
     ax = 0 if vmap_axes is None else vmap_axes
-    x_leaves = jax.tree_util.tree_leaves(x)
-    shapes = [tuple(np.shape(l)) for l in x_leaves]
-    if not x_leaves or any(not -len(s) <= ax < len(s) for s in shapes):
+    shapes = [tuple(np.shape(l)) for l in jax.tree_util.tree_leaves(x)]
+    if not shapes or any(not -len(s) <= ax < len(s) for s in shapes):
       raise ValueError(f"x needs a batch axis {ax} on every leaf; got leaf shapes {shapes}. "
                        f"Fix: pass x[None] for a single example.")
-    sizes = {s[ax] for s in shapes}
-    if len(sizes) != 1 or 0 in sizes:
+    n = shapes[0][ax]
+    if n == 0 or any(s[ax] != n for s in shapes):
       raise ValueError(f"Every leaf of x needs the same non-zero number of examples on axis "
                        f"{ax}; got leaf shapes {shapes}.")
-    n = sizes.pop()
     out = jax.eval_shape(f, params, x)
     if not isinstance(out, jax.ShapeDtypeStruct):
-      raise ValueError(f"f must return a single array (N, *output_shape); got "
-                       f"{jax.tree_util.tree_structure(out)}. Fix: wrap f to return one array, "
-                       f"e.g. jnp.concatenate of the flattened leaves.")
+      tree = jax.tree_util.tree_structure(out)
+      raise ValueError(f"f must return a single array (N, *out); got {tree}. Fix: wrap f to "
+                       f"return one array (e.g. jnp.concatenate of the flattened leaves).")
     if not -out.ndim <= ax < out.ndim or out.shape[ax] != n:
-      raise ValueError(f"f's output {out.shape} needs the {n} examples of x on axis {ax}. "
-                       f"Fix: pass x with a batch axis (x[None] for one example), or set "
-                       f"vmap_axes.")
+      raise ValueError(f"f's output {out.shape} needs the {n} examples of x on axis {ax}. Fix: "
+                       f"pass x with a batch axis (x[None] for one example), or set vmap_axes.")
     self.num_examples, self.num_outputs = n, math.prod(out.shape) // n
     self.batch_size = n if batch_size is None else min(batch_size, n)
-    self.dtype_compute = jnp.result_type(*leaves)
-    self.matvecs = 0
-    self._f, self._params, self._axis, self._out_dtype = f, params, vmap_axes, out.dtype
+    self.dtype_compute, self.column_block, self.matvecs = jnp.result_type(*leaves), column_block, 0
+    self._f, self._params, self._axis, self._ax = f, params, vmap_axes, ax
+    self._out_dtype = out.dtype
     self._chunks = -(-n // self.batch_size)
-    pad = self._chunks * self.batch_size
     # x as (chunks, batch_size, ...): batch axis first, the last chunk padded by repetition.
-    index = np.arange(pad) % n
+    index = np.arange(self._chunks * self.batch_size) % n
     self._xs = jax.tree_util.tree_map(
         lambda l: jnp.moveaxis(jnp.asarray(l), ax, 0)[index].reshape(
             self._chunks, self.batch_size, *np.delete(np.shape(l), ax)), x)
-    self._theta = jax.jit(self._theta_v)
-    self._diag = jax.jit(self._diagonal)
+    self._theta, self._diag = jax.jit(self._theta_v), jax.jit(self._diagonal)
     super().__init__(np.float64, (n * self.num_outputs,) * 2)
 
   def _g(self, params: PyTree, xc: PyTree) -> jax.Array:
     """f on one chunk (leaves (B, ...), batch first) as a (B, O) array."""
-    if self._axis is None:
-      return self._f(params, xc).reshape(self.batch_size, -1)
-    xc = jax.tree_util.tree_map(lambda l: jnp.moveaxis(l, 0, self._axis), xc)
-    out = jnp.moveaxis(self._f(params, xc), self._axis, 0)
+    xc = jax.tree_util.tree_map(lambda l: jnp.moveaxis(l, 0, self._ax), xc)
+    out = jnp.moveaxis(self._f(params, xc), self._ax, 0)
     return out.reshape(out.shape[0], -1)
 
   def _theta_v(self, params: PyTree, xs: PyTree, vs: jax.Array) -> jax.Array:
     """(C, m, B, O) cotangents -> Θ times them, (C, m, B, O): Jᵀv summed over chunks, then J."""
-    def body(acc, inp):
-      xc, vc = inp
+    def body(acc, xc_vc):
+      xc, vc = xc_vc
       _, pull = jax.vjp(lambda p: self._g(p, xc), params)
       grads = jax.vmap(lambda c: pull(c)[0])(vc)
       return jax.tree_util.tree_map(jnp.add, acc, grads), None
     acc = jax.tree_util.tree_map(lambda p: jnp.zeros((vs.shape[1], *p.shape), p.dtype), params)
     tangent, _ = jax.lax.scan(body, acc, (xs, vs))
-
     def push(xc):
       _, lin = jax.linearize(lambda p: self._g(p, xc), params)
       return jax.vmap(lin)(tangent)
     return jax.lax.map(push, xs)
 
   def _diagonal(self, params: PyTree, xs: PyTree) -> jax.Array:
-    """diag(Θ) as (C, B, O): ||∂f_o(x_i)/∂θ||², per example (vmap) or per batch (jacrev)."""
-    def one_chunk(xc):
-      if self._axis is None:
-        jac = jax.jacrev(lambda p: self._g(p, xc))(params)
-        return sum(jnp.sum(jnp.square(l), tuple(range(2, l.ndim)))
-                   for l in jax.tree_util.tree_leaves(jac))
-
-      def one(xi):
-        xi = jax.tree_util.tree_map(lambda l: l[None], xi)
-        jac = jax.jacrev(lambda p: self._g(p, xi)[0])(params)
-        return sum(jnp.sum(jnp.square(l), tuple(range(1, l.ndim)))
-                   for l in jax.tree_util.tree_leaves(jac))
-      return jax.vmap(one)(xc)
-    return jax.lax.map(one_chunk, xs)
+    """diag(Θ) as (C, B, O): ||∂f_o(x_i)/∂θ||², per example (vmap) or per chunk (jacrev)."""
+    def sq_norms(g):
+      nd = len(jax.eval_shape(g, params).shape)
+      return sum(jnp.sum(jnp.square(l), tuple(range(nd, l.ndim)))
+                 for l in jax.tree_util.tree_leaves(jax.jacrev(g)(params)))
+    if self._axis is None:
+      return jax.lax.map(lambda xc: sq_norms(lambda p: self._g(p, xc)), xs)
+    expand = lambda xi: jax.tree_util.tree_map(lambda l: l[None], xi)
+    one = lambda xi: sq_norms(lambda p: self._g(p, expand(xi))[0])
+    return jax.lax.map(jax.vmap(one), xs)
 
   def diagonal(self) -> np.ndarray:
-    """diag(Θ), (N·O,) float64, exactly (O reverse passes per example; no matvecs)."""
+    """diag(Θ), (N·O,) float64, exact: O reverse passes per example, batch_size·O·P memory."""
     d = np.asarray(self._diag(self._params, self._xs), np.float64)
     return d.reshape(-1)[: self.shape[0]]
 
   def _block(self, v: np.ndarray) -> np.ndarray:
     """Θ·V for V (N·O, m) float64 in one jitted call."""
     c, b, o, m = self._chunks, self.batch_size, self.num_outputs, v.shape[1]
-    padded = np.zeros((c * b * o, m), v.dtype)
-    padded[: v.shape[0]] = v  # padded examples get a zero cotangent
+    padded = np.pad(v, ((0, c * b * o - v.shape[0]), (0, 0)))  # zero cotangent for padding
     vs = jnp.asarray(padded.reshape(c, b, o, m).transpose(0, 3, 1, 2), self._out_dtype)
     out = np.asarray(self._theta(self._params, self._xs, vs), np.float64)
     return out.transpose(0, 2, 3, 1).reshape(c * b * o, m)[: v.shape[0]]
@@ -154,28 +139,23 @@ class NTKOperator(LinearOperator):
     return self._block(np.asarray(v, np.float64).reshape(-1, 1)).reshape(np.shape(v))
 
   def _matmat(self, v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, np.float64)
-    m = v.shape[1]
-    self.matvecs += m
-    width = COLUMN_BLOCK if m > 1 else 1
+    v, m = np.asarray(v, np.float64), v.shape[1]
+    self.matvecs, width = self.matvecs + m, self.column_block if m > 1 else 1
     v = np.pad(v, ((0, 0), (0, -m % width)))
     return np.concatenate([self._block(v[:, j:j + width])
                            for j in range(0, v.shape[1], width)], 1)[:, :m]
 
-  def _rmatvec(self, v: np.ndarray) -> np.ndarray:
-    return self._matvec(v)
-
-  def _adjoint(self) -> NTKOperator:
+  def _adjoint(self) -> NTKOperator:  # Θ is symmetric: rmatvec = matvec
     return self
 
 
 def ntk_operator(f: Callable, params: PyTree, x: PyTree, *, batch_size: int | None = None,
-                 vmap_axes: int | None = 0) -> NTKOperator:
+                 vmap_axes: int | None = 0, column_block: int = 16) -> NTKOperator:
   """The full NTK Θ = J Jᵀ of `f` on `x` as a matrix-free scipy `LinearOperator`.
 
   `op @ v` is Θ·v = J(Jᵀv): for each chunk c of examples a VJP of f at v_c, summed (Jᵀv, a
   params-shaped tangent), then a JVP per chunk (J_c Jᵀv), all in one jitted function compiled
-  once (`matvec`, and once for `matmat`, which runs blocks of `COLUMN_BLOCK` columns vmapped).
+  once (for `matvec`, and once for `matmat`'s zero-padded blocks of `column_block` columns).
 
   Args:
     f: `f(params, x) -> outputs`, a single array (N, *out) (O = prod(out)) with the examples on
@@ -186,16 +166,17 @@ def ntk_operator(f: Callable, params: PyTree, x: PyTree, *, batch_size: int | No
       the last chunk is padded (repeated examples, zero cotangent). None: all N at once.
     vmap_axes: the batch axis of x's leaves and of f's output, or None when f mixes examples
       (e.g. BatchNorm in training mode: then no chunking, and the examples are output axis 0).
+    column_block: columns per vmapped call of `matmat` (memory grows with it); 1 loops over
+      `matvec` (no second compile).
 
   Returns:
     An `NTKOperator` of shape (N·O, N·O), dtype float64 (inputs are cast to the compute dtype,
     results back to float64), row i·O + o = logit o of example i; also `op.diagonal()`.
 
   Raises:
-    ValueError: x without a batch axis, a batch_size < 1, non-float params, f returning
-      something other than one array with N examples.
+    ValueError: x without a batch axis, batch_size < 1, non-float params, f not one array.
   """
-  return NTKOperator(f, params, x, batch_size, vmap_axes)
+  return NTKOperator(f, params, x, batch_size, vmap_axes, column_block)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -208,12 +189,12 @@ class Spectrum:
     condition_number: largest[0] / smallest[0]; inf when smallest[0] <= max(tol, eps)·λmax
       (Θ is PSD: singular at the accuracy eigsh was asked for), nan unless both were computed.
     trace: tr(Θ) = Σ_i Σ_o ||∂f_o(x_i)/∂θ||², exact.
-    frobenius_sq: Hutch++ estimate of ||Θ||_F² = tr(Θ²) (exact on a num_probes/3 sketch of
-      the top eigenspace, Hutchinson with Rademacher probes on the rest).
-    frobenius_rel_err: estimated relative standard error of `frobenius_sq` (0 when exact).
+    frobenius_sq: Hutch++ estimate of ||Θ||_F² = tr(Θ²): ||ΘQ||_F² exactly for Q spanning
+      ΘS (S: s = num_probes/3 probes), plus Hutchinson (r = num_probes - 2s Rademacher probes)
+      for ||R||_F², R = Θ(I - QQᵀ); relative standard error <= sqrt(2/r)·||R||_F²/||Θ||_F².
+    frobenius_rel_err: that error as estimated from the probes' spread (0 when s >= size).
     effective_rank: trace² / frobenius_sq, the participation ratio (1 ≤ · ≤ size).
-    matvecs: NTK-vector products used (eigsh and Hutch++).
-    size: N·O.  tol: eigsh's tolerance.  seconds: wall time, compiles included.
+    matvecs: NTK-vector products used.  size: N·O.  tol: eigsh's.  seconds: wall time.
   """
   largest: np.ndarray
   smallest: np.ndarray
@@ -229,22 +210,23 @@ class Spectrum:
 
 
 def ntk_spectrum(f: Callable, params: PyTree, x: PyTree, *, k: int = 1, tol: float = 1e-6,
-                 batch_size: int | None = None, which: str | Sequence[str] = ("largest", "smallest"),
+                 batch_size: int | None = None,
+                 which: str | Sequence[str] = ("largest", "smallest"),
                  maxiter: int | None = None, seed: int = 0, num_probes: int = 64,
-                 vmap_axes: int | None = 0) -> Spectrum:
+                 vmap_axes: int | None = 0, column_block: int = 16) -> Spectrum:
   """Extreme eigenvalues, condition number, trace and effective rank of the full NTK.
 
   Matrix-free: `eigsh` (ARPACK) on `ntk_operator(f, params, x)`, 'LA' for the largest and 'SA'
   for the smallest eigenvalues, with ncv = min(max(2k + 1, 20), size) and a seeded start.
 
   Args:
-    f, params, x, batch_size, vmap_axes: as in `ntk_operator`.
+    f, params, x, batch_size, vmap_axes, column_block: as in `ntk_operator`.
     k: eigenvalues wanted at each end, 1 <= k < N·O.
     tol: eigsh's relative accuracy of the eigenvalues (0: machine precision).
     which: "largest", "smallest" or both.
     maxiter: eigsh's restart limit (None: scipy's default, 10·size).
     seed: seeds eigsh's start vector and the Hutch++ probes.
-    num_probes: matvecs for ||Θ||_F² (>= 3; Hutch++ uses a third each to sketch, to project
+    num_probes: matvecs for ||Θ||_F² (>= 4; Hutch++ uses a third each to sketch, to project
       and to probe the rest). Its error is reported as `frobenius_rel_err`.
 
   Returns:
@@ -258,33 +240,31 @@ def ntk_spectrum(f: Callable, params: PyTree, x: PyTree, *, k: int = 1, tol: flo
   which = (which,) if isinstance(which, str) else tuple(which)
   if not which or not set(which) <= {"largest", "smallest"}:
     raise ValueError(f"which must be 'largest', 'smallest' or both; got {which!r}.")
-  if not isinstance(num_probes, int) or num_probes < 3:
-    raise ValueError(f"num_probes must be an int >= 3 (Hutch++); got {num_probes!r}.")
+  if not isinstance(num_probes, int) or num_probes < 4:
+    raise ValueError(f"num_probes must be an int >= 4 (Hutch++); got {num_probes!r}.")
   if not tol >= 0:
     raise ValueError(f"tol must be >= 0 (0: machine precision); got {tol!r}.")
-  op = ntk_operator(f, params, x, batch_size=batch_size, vmap_axes=vmap_axes)
+  op = ntk_operator(f, params, x, batch_size=batch_size, vmap_axes=vmap_axes,
+                    column_block=column_block)
   n = op.shape[0]
   if not isinstance(k, int) or not 1 <= k < n:
     raise ValueError(f"k must be an int with 1 <= k < N·O = {n} (eigsh cannot return all "
                      f"eigenvalues); got {k!r}. Fix: a smaller k, or np.linalg.eigvalsh on "
                      f"the dense kernel from ntk_fn(f, trace_axes=()).")
   rng = np.random.default_rng(seed)
-  ncv = min(max(2 * k + 1, 20), n)
-  v0 = rng.standard_normal(n)
-  ends = {}
-  for end in which:
-    mode = "LA" if end == "largest" else "SA"
+  ncv, v0, ends = min(max(2 * k + 1, 20), n), rng.standard_normal(n), {}
+  for end, mode in ((e, "LA" if e == "largest" else "SA") for e in which):
     try:
       w = eigsh(op, k, which=mode, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0,
                 return_eigenvectors=False)
     except ArpackNoConvergence as err:
       iters = maxiter or 10 * n
       raise ConvergenceError(
-          f"eigsh did not converge to the {k} {end} eigenvalue(s) of the {n}×{n} NTK "
-          f"(which={mode!r}, tol={tol:g}, maxiter={iters}, ncv={ncv}; "
-          f"{len(err.eigenvalues)} converged). Fix: pass a larger maxiter (e.g. "
-          f"maxiter={10 * iters}) or a looser tol (e.g. tol={max(tol, 1e-8) * 100:g}); the "
-          f"smallest eigenvalues of an ill-conditioned NTK converge slowest.") from err
+          f"eigsh did not converge to the {k} {end} eigenvalue(s) of the {n}×{n} NTK (which="
+          f"{mode!r}, tol={tol:g}, maxiter={iters}, ncv={ncv}; {len(err.eigenvalues)} converged)."
+          f" Fix: pass a larger maxiter (e.g. maxiter={10 * iters}) or a looser tol (e.g. tol="
+          f"{max(tol, 1e-8) * 100:g}); small eigenvalues of ill-conditioned NTKs converge slowest."
+      ) from err
     ends[end] = np.sort(w)
   largest = ends.get("largest", np.zeros(0))[::-1].copy()
   smallest = ends.get("smallest", np.zeros(0))
@@ -292,8 +272,7 @@ def ntk_spectrum(f: Callable, params: PyTree, x: PyTree, *, k: int = 1, tol: flo
   if largest.size and smallest.size and largest[0] > 0:
     floor = max(tol, float(np.finfo(op.dtype_compute).eps)) * largest[0]
     cond = math.inf if smallest[0] <= floor else float(largest[0] / smallest[0])
-  trace = float(op.diagonal().sum())
-  frob, rel = _hutchpp_frobenius_sq(op, num_probes, rng)
+  trace, (frob, rel) = float(op.diagonal().sum()), _hutchpp_frobenius_sq(op, num_probes, rng)
   return Spectrum(largest=largest, smallest=smallest, condition_number=cond, trace=trace,
                   frobenius_sq=frob, frobenius_rel_err=rel,
                   effective_rank=trace ** 2 / frob if frob > 0 else math.nan,
@@ -305,17 +284,16 @@ def _hutchpp_frobenius_sq(op: NTKOperator, num_probes: int,
   """Hutch++ for tr(Θ²) = ||Θ||_F²: (estimate, relative standard error).
 
   tr(Θ²) = ||ΘQ||_F² + tr((I - QQᵀ)Θ²(I - QQᵀ)) exactly, for Q an orthonormal basis of ΘS (S
-  random, s columns); the second term is E||Θ(I - QQᵀ)z||² for Rademacher z (r probes).
+  random, s columns; ΘS spans Θ's top eigenspace, where NTK spectra concentrate); the second
+  term is E||Θ(I - QQᵀ)z||² for Rademacher z (r probes).
   """
   n = op.shape[0]
-  s = min(num_probes // 3, n)
-  q, _ = np.linalg.qr(op.matmat(rng.choice([-1.0, 1.0], (n, s))))
+  q, _ = np.linalg.qr(op.matmat(rng.choice([-1.0, 1.0], (n, min(num_probes // 3, n)))))
   exact = float(np.sum(op.matmat(q) ** 2))
-  r = num_probes - 2 * s if q.shape[1] < n else 0
+  r = num_probes - 2 * q.shape[1] if q.shape[1] < n else 0
   if r == 0:
     return exact, 0.0
   z = rng.choice([-1.0, 1.0], (n, r))
   samples = np.sum(op.matmat(z - q @ (q.T @ z)) ** 2, axis=0)
-  total = exact + float(samples.mean())
-  err = float(samples.std(ddof=1) / math.sqrt(r)) if r > 1 else math.inf
+  total, err = exact + float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(r))
   return total, err / total if total > 0 else math.inf
