@@ -83,19 +83,26 @@ def naive_kernel(f):
 
 
 def check_block(f, params, x1, x2, theta, outputs: int) -> float:
-  """Max error of an 8×8 sub-block of Θ vs the Gram of per-logit gradients (jax.grad)."""
+  """Max error of an 8×8 sub-block of Θ vs the Gram of per-logit gradients (jax.grad).
+
+  One compiled gradient (the logit is a traced index); x1's 8 gradients are held in float32
+  (8·P·4 bytes) and each of x2's is dotted with them in float64, one at a time.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   idx = sorted({int(i) for i in np.linspace(0, outputs - 1, 8)})
+  grad = jax.jit(jax.grad(lambda p, x, o: f(p, x)[0, o]))
 
-  def grad_vec(x, o):
-    g = jax.jit(jax.grad(lambda p: f(p, x)[0, o]))(params)
-    return np.concatenate([np.asarray(l, np.float64).ravel()
-                           for l in jax.tree_util.tree_leaves(g)])
+  def grad_vec(x, o, dtype):
+    g = grad(params, x, np.int32(o))
+    return np.concatenate([np.asarray(l, dtype).ravel() for l in jax.tree_util.tree_leaves(g)])
 
-  g1 = np.stack([grad_vec(x1, o) for o in idx])
-  g2 = np.stack([grad_vec(x2, o) for o in idx])
-  ref = g1 @ g2.T
+  g1 = [grad_vec(x1, o, np.float32) for o in idx]
+  ref = np.empty((len(idx), len(idx)))
+  for j, o in enumerate(idx):
+    g2 = grad_vec(x2, o, np.float64)
+    for i, row in enumerate(g1):
+      ref[i, j] = np.dot(row.astype(np.float64), g2)
   got = np.asarray(theta, np.float64)[0, 0][np.ix_(idx, idx)]
   return float(np.abs(got - ref).max() / np.abs(ref).max())
 
