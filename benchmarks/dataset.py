@@ -106,8 +106,10 @@ def _kernel(f, impl: str, cell: dict):
 def _measure_single(cell, f, params, x, budget_s) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   kernel = _kernel(f, cell["implementation"], cell)
+  # min_repeats=0: a warm run that would overrun the timeout is skipped (the first run, after
+  # the compile, then stands in for it), so a cell that fits once is still recorded.
   res = common.time_fn(lambda a, p: kernel(a, None, p), jnp.asarray(x), params,
-                       repeats=cell["repeats"], time_budget_s=budget_s)
+                       repeats=cell["repeats"], time_budget_s=budget_s, min_repeats=0)
   res["first_call_s"] = res["compile_s"] + res["first_run_s"]
   if kernel.decisions:
     res.update(_decision_info(next(iter(kernel.decisions.values()))))
@@ -167,6 +169,7 @@ def _measure_dataset(cell, f, params, x, budget_s) -> dict:
                 "peak_mb": max(0, peak - base) / _MB, "memory_kind": "cpu_peak_rss_delta"})
     res.update(_tile_stats(marks, t1 - dk.seconds))
     res["median_s"] = res.get("est_warm_s")  # The warm figure of this cell is an estimate.
+    res["warm_is_estimate"] = True
     res.update(_decision_info(dk.decision))
     try:
       res["store_mb"] = sum(os.path.getsize(os.path.join(d, fn)) for d, _, fns in os.walk(store)
@@ -197,17 +200,23 @@ def _measure_pseudo(cell, f, params, x, budget_s) -> dict:
   xj = jnp.asarray(x)
   t_start = time.time()
   rf = common.time_fn(lambda a, p: full(a, None, p), xj, params, repeats=cell["repeats"],
-                      time_budget_s=budget_s / 2, keep_output=True)
+                      time_budget_s=budget_s / 2, keep_output=True, min_repeats=0)
   rp = common.time_fn(lambda a, p: pseudo(a, None, p), xj, params, repeats=cell["repeats"],
-                      time_budget_s=budget_s - (time.time() - t_start), keep_output=True)
+                      time_budget_s=budget_s - (time.time() - t_start), keep_output=True,
+                      min_repeats=0)
+  if full.decisions:
+    rf.update(_decision_info(next(iter(full.decisions.values()))))
   theta = np.asarray(rf.pop("_out"), np.float64)  # (N, N, O, O)
   theta_p = np.asarray(rp.pop("_out"), np.float64)  # (N, N)
   n, o = theta.shape[0], theta.shape[2]
   res = {"first_call_s": rf["compile_s"] + rf["first_run_s"], "median_s": rf["median_s"],
+         "first_run_s": rf["first_run_s"],
          "pseudo_first_call_s": rp["compile_s"] + rp["first_run_s"],
-         "pseudo_median_s": rp["median_s"], "pseudo_runs": rp["runs"], "runs": rf["runs"],
+         "pseudo_median_s": rp["median_s"] if rp["median_s"] is not None else rp["first_run_s"],
+         "pseudo_runs": rp["runs"], "runs": rf["runs"],
          "kernel_norm": rf["kernel_norm"], "pseudo_kernel_norm": rp["kernel_norm"],
-         "run_peak_mb": rf.get("run_peak_mb"), "pseudo_run_peak_mb": rp.get("run_peak_mb")}
+         "run_peak_mb": rf.get("run_peak_mb"), "pseudo_run_peak_mb": rp.get("run_peak_mb"),
+         "chosen": rf.get("chosen")}
   norm = np.linalg.norm(theta)
   # Normalization: Θ_p = (1/O) Σ_{o,o'} Θ_{oo'} (pseudo.py), so Θ = λ I_O per block gives Θ_p = λ.
   blocksum = theta.sum(axis=(2, 3)) / o
@@ -235,8 +244,6 @@ def run_one_cell(cell: dict) -> None:
   meta = {k: cell.get(k) for k in peer_dataset.META_KEYS}
 
   def measure():
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     info = {"library_version": common.package_version("ntk_zoo")}
     info.update(common.jax_info())
     f, params = pure_resnet.model(cell["arch"], cell["outputs"])
@@ -249,7 +256,6 @@ def run_one_cell(cell: dict) -> None:
       info.update(fn(cell, f, params, x, budget_s))
     except _budget_error() as e:  # No plan fits the memory budget: an OOM, found up front.
       raise MemoryError(f"BudgetError: {e}") from e
-    del jax, jnp
     return peer_dataset.add_rates(info, cell["n"], cell["outputs"])
 
   common.cell_main(measure, meta)
@@ -278,17 +284,18 @@ def build_jobs(args, peer_python: str | None) -> list[tuple[dict, list[str]]]:
   base = {"benchmark": "dataset", "arch": args.arch, "outputs": args.outputs,
           "image_size": args.image_size, "dtype": "float32", "batch_size": None,
           "tile_request": None}
-  common_cell = {"repeats": args.repeats, "timeout_s": args.timeout,
-                 "memory_budget": args.memory_budget}
+  common_cell = {"repeats": args.repeats, "memory_budget": args.memory_budget}
   jobs = []
 
   def ours(meta):
-    cell = dict(meta, **common_cell, check_max_n=args.check_max_n, store_dir=args.store_dir,
+    cell = dict(meta, **common_cell, timeout_s=cell_timeout(meta, args),
+                check_max_n=args.check_max_n, store_dir=args.store_dir,
                 keep_store=args.keep_stores)
     return [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell)]
 
   def peer(meta):
-    return peer_dataset.cell_command(dict(meta, **common_cell), peer_python)
+    return peer_dataset.cell_command(dict(meta, **common_cell,
+                                          timeout_s=cell_timeout(meta, args)), peer_python)
 
   for n in args.n_single:
     for impl in ORDER:
@@ -316,13 +323,20 @@ def build_jobs(args, peer_python: str | None) -> list[tuple[dict, list[str]]]:
   return jobs
 
 
+def cell_timeout(meta: dict, args) -> float:
+  """Seconds a cell may run: --dataset-timeout for tiled cells, else --timeout."""
+  if meta["kind"] in ("dataset", "peer_batch") and args.dataset_timeout:
+    return args.dataset_timeout
+  return args.timeout
+
+
 def _counts(rec: dict, args) -> bool:
   """Whether an old record stands for its cell (not rerun) under the current limits."""
   st = rec.get("status")
   if st in ("ok", "unavailable"):
     return True
   if st in FAILED:
-    return (rec.get("timeout_s", 0) >= args.timeout
+    return (rec.get("timeout_s", 0) >= cell_timeout(rec, args)
             and rec.get("mem_limit_mb", 0) >= args.mem_limit_mb)
   return False
 
@@ -332,12 +346,12 @@ def _line(i, total, rec) -> str:
   name = f"{m['kind']} {'ours' if m['library'] == LIBRARY else 'peer'} {SHORT[m['implementation']]}"
   bits = [f"[{i}/{total}] {name} N={m['n']}"]
   if m.get("batch_size"):
-    bits.append(f"B={m['batch_size']}")
+    bits.append(f" B={m['batch_size']}")
   bits.append(f": {rec['status']}")
   if rec["status"] == "ok":
     bits.append(f" first {rec.get('first_call_s', float('nan')):.2f} s")
-    if rec.get("median_s") is not None:
-      bits.append(f" warm {rec['median_s']:.3g} s")
+    if rec.get("warm_s") is not None:
+      bits.append(f" warm {rec['warm_s']:.3g} s")
     if rec.get("rate_warm"):
       bits.append(f" ({rec['rate_warm']:.3g} entries/s warm)")
     if rec.get("tile"):
@@ -375,9 +389,9 @@ def run_sweep(jobs, args) -> None:
     if not args.no_skip_larger and g in failed_at and meta["n"] > failed_at[g]:
       rec.update(status="skipped", error=f"N={failed_at[g]} already failed (OOM/timeout)")
     else:
-      rec.update(common.run_cell(cmd, args.timeout, args.mem_limit_mb, cwd=REPO))
+      rec.update(common.run_cell(cmd, cell_timeout(meta, args), args.mem_limit_mb, cwd=REPO))
     rec.update(meta)
-    rec["timeout_s"], rec["mem_limit_mb"] = args.timeout, args.mem_limit_mb
+    rec["timeout_s"], rec["mem_limit_mb"] = cell_timeout(meta, args), args.mem_limit_mb
     common.append_jsonl(out_path, rec)
     if rec["status"] in FAILED:
       failed_at[g] = min(failed_at.get(g, meta["n"]), meta["n"])
@@ -398,14 +412,19 @@ def _st(rec) -> str | None:
     return "—"
   if st == "ok":
     return None
+  if st == "oom" and "BudgetError" in str(rec.get("error", "")):
+    return "OOM‡"
   return {"unavailable": "n/a", "timeout": "timeout", "oom": "OOM", "skipped": "skipped"}.get(
       st, "error")
 
 
+def _status(rec) -> str:
+  return _st(rec) or "ok"
+
+
 def _num(rec, field, scale=1.0, digits=3):
-  bad = _st(rec)
-  if bad:
-    return bad
+  if _st(rec):
+    return "—"
   v = rec.get(field)
   return "—" if v is None else common.fmt_num(v * scale, digits)
 
@@ -415,9 +434,8 @@ def _sci(v) -> str:
 
 
 def _rate(rec, field) -> str:
-  bad = _st(rec)
-  if bad:
-    return bad
+  if _st(rec):
+    return "—"
   return _sci(rec.get(field))
 
 
@@ -440,7 +458,6 @@ def _lib(rec) -> str:
 def _largest(recs: list[dict]) -> str:
   """'N' (largest ok) with what happened at the next N tried."""
   ok = [r["n"] for r in recs if r.get("status") == "ok"]
-  tried = sorted({r["n"] for r in recs if r.get("status") != "skipped"})
   if not ok:
     first = min(recs, key=lambda r: r["n"])
     return f"none (N={first['n']}: {_st(first)})"
@@ -490,11 +507,15 @@ def markdown(records: list[dict], meta: dict) -> str:
       f"at {size}×{size}, O = {o}, float32; the full NTK (`trace_axes=()`, `vmap_axes=0`) of N "
       f"inputs with themselves (x2 = None), N² · O² entries; entries/s = N² · O² / time. Each "
       "cell ran in a fresh subprocess, one at a time, ours and the peer's back to back per N; "
-      f"cells past {meta.get('timeout', 0):.0f} s (timeout) or {meta.get('mem_limit_mb', 0):.0f} "
-      "MB resident (OOM) were killed, and larger N of that method were then skipped. First call: "
+      f"a cell was killed past {meta.get('timeout', 0):.0f} s (tiled cells: "
+      f"{meta.get('dataset_timeout') or meta.get('timeout', 0):.0f} s) of wall time (timeout) "
+      f"or {meta.get('mem_limit_mb', 0):.0f} MB resident (OOM), and larger N of that method "
+      "were then skipped; OOM‡: no plan fits ntk_zoo's memory budget (`BudgetError`, "
+      "raised before anything runs). First call: "
       "compile + first run (`jit(...).lower().compile()`, then one execution), what a user waits "
       "for; warm: median of later runs (at least "
-      f"{meta.get('repeats', 1)}, as many as fit the cell's time limit). Peak RSS: the cell "
+      f"{meta.get('repeats', 1)} where they fit the cell's time limit, more while under 1 s in "
+      "all; † none fitted: the first run after the compile instead). Peak RSS: the cell "
       "process's peak resident memory (kernel-reported, the whole process incl. imports and "
       "compilation; what the cap applies to). Our memory budget: "
       + (f"`memory_budget={budget}`" if budget else "ntk_zoo's default (60 % of the RAM "
@@ -516,9 +537,9 @@ def markdown(records: list[dict], meta: dict) -> str:
             "entries/s warm", "peak RSS MB", "‖Θ‖_F"]
     L += [_row(head), _row(["---"] * len(head))]
     for r in single:
-      L.append(_row([r["n"], _lib(r), _method(r), r.get("status"), _num(r, "first_call_s"),
-                     _num(r, "median_s") + ("†" if r.get("status") == "ok" and
-                                            r.get("runs", 0) < meta.get("repeats", 1) else ""),
+      L.append(_row([r["n"], _lib(r), _method(r), _status(r), _num(r, "first_call_s"),
+                     _num(r, "warm_s") + ("†" if r.get("status") == "ok" and
+                                          r.get("warm_is_first_run") else ""),
                      _rate(r, "rate_first"), _rate(r, "rate_warm"), _rss(r),
                      _num(r, "kernel_norm", digits=6)]))
     L.append("")
@@ -540,7 +561,7 @@ def markdown(records: list[dict], meta: dict) -> str:
         "params, store=TMP, tile=None)`: tile planned from the memory budget, each tile one "
         "jitted call written to an on-disk zarr store; symmetric, so only tiles j ≥ i are "
         "computed (diagonal tiles as Θ(a, a)). Time: the whole call (planning, two compiles, "
-        "tiles, writes). \"warm s\" for ours is estimated from the tile times (every tile at its "
+        "tiles, writes; \"plan\": the part before the first tile). \"warm s\" for ours is estimated from the tile times (every tile at its "
         "kind's median after the first, i.e. without the compiles); per tile: first diagonal / "
         "first off-diagonal (each compiles) / median of the rest. Peer: `nt.batch(kernel_fn, "
         "batch_size=B, store_on_device=False)(x, None, params)`: all (N/B)² batch pairs "
@@ -555,7 +576,8 @@ def markdown(records: list[dict], meta: dict) -> str:
         tile = r.get("tile", [None])[0] if r.get("tile") else (r.get("tile_request") or "plan")
         tiles = f"{r.get('n_tiles')}" if r.get("n_tiles") else "—"
         per = ("—" if _st(r) else
-               " / ".join(common.fmt_num(r.get(k)) for k in ("first_diag_s", "first_pair_s"))
+               f"plan {common.fmt_num(r.get('setup_s'))}; "
+               + " / ".join(common.fmt_num(r.get(k)) for k in ("first_diag_s", "first_pair_s"))
                + " / " + common.fmt_num(r.get("median_pair_s") or r.get("median_diag_s")))
         check = _sci(r.get("check_rel_err")) if r.get("check_rel_err") is not None else "—"
       else:
@@ -566,8 +588,8 @@ def markdown(records: list[dict], meta: dict) -> str:
                + (common.fmt_num(r["median_s"] / r["n_tiles"]) if r.get("median_s") else "—")
                + " (warm)")
         check = "—"
-      L.append(_row([r["n"], _lib(r), _method(r), tile, tiles, r.get("status"),
-                     _num(r, "first_call_s"), _num(r, "median_s"), _rate(r, "rate_first"),
+      L.append(_row([r["n"], _lib(r), _method(r), tile, tiles, _status(r),
+                     _num(r, "first_call_s"), _num(r, "warm_s"), _rate(r, "rate_first"),
                      _rate(r, "rate_warm"), per, _rss(r), check]))
     L.append("")
     parts = []
@@ -613,7 +635,7 @@ def markdown(records: list[dict], meta: dict) -> str:
     for r in ps:
       bad = _st(r)
       if bad:
-        L.append(_row([r["n"], _method(r), r.get("status")] + [bad] * 9))
+        L.append(_row([r["n"], _method(r), bad] + ["—"] * 9))
         continue
       L.append(_row([
           r["n"], _method(r), "ok",
@@ -699,6 +721,8 @@ def main(argv=None) -> None:
                       "timeout would pass)")
   p.add_argument("--timeout", type=float, default=600.0,
                  help="seconds per cell subprocess (imports + compile + runs)")
+  p.add_argument("--dataset-timeout", type=float, default=None,
+                 help="seconds per tiled cell (dataset, peer_batch); default: --timeout")
   p.add_argument("--mem-limit-mb", type=float, default=20000.0,
                  help="kill a cell whose resident memory exceeds this (recorded as OOM)")
   p.add_argument("--check-max-n", type=int, default=64,
@@ -740,6 +764,7 @@ def main(argv=None) -> None:
                                    os.path.relpath(os.path.abspath(__file__), REPO), *argv]),
             "machine": common.machine_info(), "platform": jax.devices()[0].platform,
             "repeats": args.repeats, "timeout": args.timeout, "mem_limit_mb": args.mem_limit_mb,
+            "dataset_timeout": args.dataset_timeout or args.timeout,
             "memory_budget": args.memory_budget, "arch": args.arch, "outputs": args.outputs,
             "image_size": args.image_size,
             "out_rel": os.path.relpath(os.path.abspath(args.out), REPO), "git": _git_state()}
