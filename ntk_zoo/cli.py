@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
   parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=_models_epilog(),
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--version", action="version", version=f"ntk_zoo {ntk_zoo.__version__}")
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 class _Parser(argparse.ArgumentParser):
   """argparse, with errors as one line instead of the usage block."""
+  commands: tuple[str, ...]  # The top-level parser's subcommand names (set by build_parser).
 
   def error(self, message: str):
     _fail(f"{message} (see {self.prog} --help)")
@@ -340,7 +341,7 @@ def _image_files(args: argparse.Namespace) -> list[pathlib.Path] | None:
 def _load_images(files: list[pathlib.Path] | None, n: int | None,
                  shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
   """(n, *shape) float32 images in [0, 1] and their names."""
-  size, channels = shape[:2], shape[2]
+  size, channels = (shape[0], shape[1]), shape[2]
   if files is None:
     return images_lib.sample_photos(n or DEFAULT_N, size, channels, progress=True)
   try:
@@ -508,6 +509,7 @@ def _importable(path: pathlib.Path):
 def _import_experiment(path: pathlib.Path, name: str):
   """Imports `path/name.py` as module `<path.name>.<name>`."""
   spec = importlib.util.spec_from_file_location(f"{path.name}.{name}", path / f"{name}.py")
+  assert spec is not None and spec.loader is not None  # A .py file has a source loader.
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module
   spec.loader.exec_module(module)

@@ -51,7 +51,7 @@ import math
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -459,7 +459,8 @@ def make_apply(model: CellNetwork, frozen: dict, batch_stats: PyTree,
                  "batch_stats": batch_stats}
     if train_bn:
       return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-    return model.apply(variables, x, train=False)
+    # Without `mutable`, apply returns the output alone (flax annotates both cases as one union).
+    return cast(jax.Array, model.apply(variables, x, train=False))
 
   return apply
 
@@ -543,6 +544,8 @@ def forward_flops(model: CellNetwork, variables: dict, image_size: int) -> float
   compiled = jax.jit(lambda v, x: model.apply(v, x, train=False),
                      compiler_options=O0).lower(variables, x).compile()
   cost = compiled.cost_analysis()
+  if cost is None:  # The backend has no cost analysis.
+    return math.nan
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", math.nan))
@@ -665,8 +668,8 @@ def score_architectures(archs: Sequence[str | Architecture], preset: str | Score
   """
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   preset = get_preset(preset)
-  overrides = {k: v for k, v in (("repeats", repeats), ("batch_size", batch_size),
-                                 ("network", network)) if v is not None}
+  overrides: dict[str, Any] = {k: v for k, v in (("repeats", repeats), ("batch_size", batch_size),
+                                                 ("network", network)) if v is not None}
   preset = dataclasses.replace(preset, **overrides)
   archs = [parse_arch(a) for a in archs]
   if images is None:

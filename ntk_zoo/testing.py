@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from ntk_zoo.ntk.typing import PyTree
+from ntk_zoo.ntk.typing import PyTree, TreeDef
 
 # Per-dtype tolerances: (rtol, atol as a fraction of max |reference|).
 TOLERANCES = {
@@ -65,6 +65,7 @@ def reference_ntk(f: Callable, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   x2 = x1 if x2 is None else x2
   jac = jax.jit(jax.jacobian(lambda p, x: f(p, x, **f_kwargs)))
   out = jax.eval_shape(lambda p, x: f(p, x, **f_kwargs), params, x1)
+  out_tree: TreeDef
   out_leaves, out_tree = jax.tree_util.tree_flatten(out)
   j1, j2 = jac(params, x1), jac(params, x2)
   # jacobian of a tree output: out_tree of params-trees.
@@ -97,6 +98,7 @@ def assert_ntk_close(actual: PyTree, expected: PyTree, *, rtol: float | None = N
 
   The dtype is `dtype` if given, else the widest of the two kernels' dtypes.
   """
+  a_tree: TreeDef
   a_leaves, a_tree = jax.tree_util.tree_flatten(actual)
   e_leaves, e_tree = jax.tree_util.tree_flatten(expected)
   if a_tree != e_tree:

@@ -7,10 +7,12 @@ code path: `ntk_zoo.ntk.api`).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ntk_zoo
 from ntk_zoo import VmapAxes, ntk_fn
 
 _RNG = np.random.default_rng(0)
@@ -253,3 +255,24 @@ def test_vmap_output_axis_out_of_range():
   kernel = ntk_fn(f, implementation="jc", vmap_axes=VmapAxes(0, 2))
   with pytest.raises(ValueError, match="vmap_axes output axis 2 is not a valid batch axis"):
     kernel(x, None, p)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "vp", "sd", "jc"])
+def test_f_without_outputs_gives_no_kernels(implementation):
+  params = {"w": jnp.ones((3, 2))}
+  kernel = ntk_zoo.ntk_fn(lambda p, x: {}, implementation=implementation, vmap_axes=0)
+  assert kernel(jnp.ones((2, 3)), None, params) == {}
+
+
+def test_structured_kernel_function():
+  from ntk_zoo.ntk.options import NTKOptions  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.ntk.structured import engine  # pylint: disable=g-import-not-at-top
+
+  def f(p, x):
+    return jnp.tanh(x @ p["w"])
+
+  params, x = {"w": jnp.arange(6.0).reshape(3, 2) / 5}, jnp.ones((4, 3)) / 3
+  out = jax.eval_shape(f, params, x)
+  got = engine.kernel(f, params, x, None, NTKOptions(trace_axes=(-1,)), out)
+  want = ntk_zoo.ntk_fn(f, implementation="jc")(x, None, params)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -205,7 +205,9 @@ def from_linen(module: Any, variables: Mapping[str, PyTree], *,
   name = name or type(module).__name__
   if isinstance(differentiate, str):
     differentiate = (differentiate,)
-  variables = unfreeze(variables)
+  # unfreeze passes anything but a dict/FrozenDict through unchanged (checked just below);
+  # flax annotates its argument as FrozenDict | dict only.
+  variables = unfreeze(variables)  # type: ignore[arg-type]
   if not isinstance(variables, Mapping):
     raise AdapterError(f"Linen model {name!r}: `variables` must be a mapping "
                        f"{{collection: tree}} as returned by module.init, got {type(variables)}.")
@@ -225,10 +227,10 @@ def from_linen(module: Any, variables: Mapping[str, PyTree], *,
 
 def _make_linen_fn(module: Any, kwargs: tuple[tuple[str, Any], ...]
                    ) -> Callable[[PyTree, PyTree, Any], jax.Array]:
-  kwargs = dict(kwargs)
+  kw = dict(kwargs)
 
   def fn(params, state, x):
-    return module.apply({**params, **state}, x, mutable=False, **kwargs)
+    return module.apply({**params, **state}, x, mutable=False, **kw)
 
   return fn
 
@@ -293,12 +295,13 @@ def from_nnx(module: Any, *, input_spec: InputSpec | Sequence[int], num_classes:
     differentiate = nnx.Param
   module = nnx.view(module, deterministic=True, use_running_average=True,
                     raise_if_not_found=False)
-  graphdef, params, state = nnx.split(module, differentiate, ...)
-  if not jax.tree_util.tree_leaves(params):
+  graphdef, selected, *rest = nnx.split(module, differentiate, ...)
+  (others,) = rest  # Two filters: one state each.
+  if not jax.tree_util.tree_leaves(selected):
     raise AdapterError(
         f"NNX model {name!r}: differentiate={differentiate!r} selects no variables; the module's "
         f"variable types are {_nnx_variable_types(module)}.")
-  params, state = nnx.to_pure_dict(params), nnx.to_pure_dict(state)
+  params, state = nnx.to_pure_dict(selected), nnx.to_pure_dict(others)
 
   def fn(params, state, x):
     return nnx.merge(graphdef, params, state)(x)
@@ -371,6 +374,7 @@ def from_haiku(transformed: Any, params: PyTree, state: PyTree | None = None, *,
   rng_args = (None,) if takes_rng else ()
   kwargs = dict(apply_kwargs or {})
 
+  frozen: Mapping[str, Mapping[str, Any]]  # {module_name: {param_name: array}}
   if differentiate is None:
     diff, frozen = params, {}
   else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import haiku as hk
 import jax
@@ -41,8 +42,8 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VARIANTS", "init", "param_shapes", 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# variant -> constructor `(num_classes, logits_config) -> hk.Module`.
-VARIANTS: dict[str, Callable[..., hk.Module]] = {
+# variant -> constructor `(num_classes, logits_config) -> hk.nets.ResNet` (an hk.Module).
+VARIANTS: dict[str, Callable[..., hk.nets.ResNet]] = {
     # He et al. 2016, Table 1: [3, 4, 6, 3] bottleneck blocks, 25,557,032 params (1000 classes).
     "50": hk.nets.ResNet50,
     # He et al. 2016, Table 1: [3, 8, 36, 3] bottleneck blocks, 60,192,808 params (1000 classes).
@@ -56,6 +57,8 @@ VARIANTS: dict[str, Callable[..., hk.Module]] = {
 # `init` runs one forward pass; parameter shapes do not depend on the image size, so it runs on
 # images at most this large.
 _INIT_SIZE = 32
+# Init compiles at XLA -O0 (jax annotates option values as str | bool; XLA takes ints too).
+_INIT_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
 
 
 def _check_variant(variant: str) -> None:
@@ -147,7 +150,7 @@ def _compiled_init(variant: str, num_classes: int, size: int,
   """`_init_fn` compiled once per configuration (the seed is an argument)."""
   fn = _init_fn(variant, num_classes, size, zero_init_logits)
   seed = jax.ShapeDtypeStruct((), jnp.uint32)
-  return jax.jit(fn).lower(seed).compile({"xla_backend_optimization_level": 0})
+  return jax.jit(fn).lower(seed).compile(_INIT_COMPILER_OPTIONS)
 
 
 def param_shapes(variant: str, num_classes: int = 1000,

@@ -16,6 +16,7 @@ import os
 import pathlib
 import re
 from collections.abc import Callable
+from typing import TypedDict
 
 from ntk_zoo.models.model import Model
 
@@ -30,6 +31,12 @@ _WIDTHS = {"ti": "Ti", "s": "S", "b": "B", "l": "L"}
 
 class CheckpointFormatError(ValueError):
   """No loader for this file's format and this architecture (or a pickle)."""
+
+
+class _Sizes(TypedDict, total=False):
+  """The size arguments `load` passes on (those given)."""
+  num_classes: int
+  image_size: int
 
 
 def family(name: str) -> tuple[str, str | None]:
@@ -62,7 +69,11 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, *,
     ntk_zoo.models.checkpoints.CheckpointMismatchError: the file's keys/shapes do not fit.
   """
   from ntk_zoo.models import flax_checkpoints, mixer, registry, resnet, vit  # pylint: disable=g-import-not-at-top
-  kw = {k: v for k, v in (("num_classes", num_classes), ("image_size", image_size)) if v}
+  kw: _Sizes = {}
+  if num_classes:
+    kw["num_classes"] = num_classes
+  if image_size:
+    kw["image_size"] = image_size
   if checkpoint is None:
     return registry.get(name, **kw, **kwargs)
   path = pathlib.Path(checkpoint)
@@ -76,11 +87,14 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, *,
   kind, variant = family(name)
   loaders: dict[tuple[str, str], Callable[[], Model]] = {
       ("resnet", ".safetensors"): lambda: resnet.load_torchvision(path, arch=name, **kw),
-      ("vit", ".safetensors"): lambda: vit.load_timm(path, variant=variant, **kw),
-      ("vit", ".npz"): lambda: vit.load_npz(path, variant=variant, **kw),
-      ("mixer", ".safetensors"): lambda: mixer.load_timm(path, variant=variant, **kw),
-      ("mixer", ".npz"): lambda: mixer.load_npz(path, variant=variant, **kw),
   }
+  if variant is not None:  # vit and mixer.
+    loaders.update({
+        ("vit", ".safetensors"): lambda: vit.load_timm(path, variant=variant, **kw),
+        ("vit", ".npz"): lambda: vit.load_npz(path, variant=variant, **kw),
+        ("mixer", ".safetensors"): lambda: mixer.load_timm(path, variant=variant, **kw),
+        ("mixer", ".npz"): lambda: mixer.load_npz(path, variant=variant, **kw),
+    })
   loader = loaders.get((kind, suffix))
   if loader is not None:
     return loader()

@@ -67,7 +67,8 @@ def get(name: str, **kwargs) -> Model:
   if key not in _FACTORIES:
     raise KeyError(f"Unknown model {name!r}. Known models: {', '.join(sorted(_FACTORIES))}.")
   factory = _FACTORIES[key]
-  if "dtype" in kwargs or not jax.config.jax_enable_x64:
+  # Config flags are attributes jax sets at run time: its Config class does not declare them.
+  if "dtype" in kwargs or not jax.config.jax_enable_x64:  # type: ignore[attr-defined]
     return factory(**kwargs)
   if "dtype" in inspect.signature(factory).parameters:
     return factory(**kwargs, dtype=jnp.float64)

@@ -265,6 +265,7 @@ def linen_model(module: nn.Module, variables: Mapping[str, PyTree], *,
   Raises:
     ValueError: `differentiate` is neither "params" nor "all".
   """
+  collections: tuple[str, ...]
   if differentiate == "params":
     collections = ("params",)
   elif differentiate == "all":
@@ -321,8 +322,8 @@ def build(arch: str, *, num_classes: int | None = None, image_size: int | None =
   Returns:
     A `Model` with `apply(params, x)`: (N, image_size, image_size, 3) -> (N, num_classes).
   """
-  v = VARIANTS.get(arch)
-  module = make_module(arch, num_classes=num_classes, dtype=dtype)
+  module = make_module(arch, num_classes=num_classes, dtype=dtype)  # Checks `arch`.
+  v = VARIANTS[arch]
   image_size = v.image_size if image_size is None else image_size
   variables = init_variables(module, (1, image_size, image_size, 3), seed, dtype)
   return linen_model(module, variables, differentiate=differentiate,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -130,8 +130,11 @@ def convert(state: Mapping[str, np.ndarray],
 
 
 def annotate_unexpected(flat: Mapping[str, np.ndarray], origin: Mapping[str, str],
-                        expected_keys: Sequence[str] | set[str]) -> Arrays:
-  """Appends `(from <torch name>)` to keys the model does not have, for readable errors."""
+                        expected_keys: Iterable[str]) -> Arrays:
+  """Appends `(from <torch name>)` to keys the model does not have, for readable errors.
+
+  `expected_keys`: the model's parameter names (a collection, or a mapping keyed by them).
+  """
   expected = set(expected_keys)
   return {k if (k in expected or origin.get(k, k) == k) else f"{k} (from {origin[k]})": v
           for k, v in flat.items()}

@@ -34,6 +34,7 @@ def single_example_fn(f: Callable, x: PyTree, out_shapes: PyTree, opts: NTKOptio
     (f1, in_axes, out_axes): per-leaf batch axes of `x` and of the output (canonical, >= 0).
   """
   va = opts.vmap_axes
+  assert va is not None, "single_example_fn needs opts.vmap_axes (callers check it)"
   x_leaves, x_tree = jax.tree_util.tree_flatten(x)
   in_axes = [None if a is None else a % np.ndim(l)
              for a, l in zip(broadcast_prefix(va.inputs, x), x_leaves)]

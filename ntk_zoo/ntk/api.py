@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ import numpy as np
 from ntk_zoo.ntk import auto, memory
 from ntk_zoo.ntk.options import NTKOptions, VmapAxes, canonicalize_vmap_axes
 from ntk_zoo.ntk.problem import Problem
-from ntk_zoo.ntk.typing import Engine, PyTree
+from ntk_zoo.ntk.typing import Engine, KernelFn, PyTree, TreeDef
 
 
 class NonFiniteInputWarning(UserWarning):
@@ -78,7 +79,7 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
            trace_axes: Sequence[int] = (-1,), diagonal_axes: Sequence[int] = (),
            vmap_axes: int | VmapAxes | tuple | None = None,
            memory_budget: int | float | str | None = None,
-           check_finite: bool = True) -> Callable:
+           check_finite: bool = True) -> KernelFn:
   """Returns a function computing the finite-width empirical NTK of `f`.
 
   Θ(x1, x2) = Σ_l ∂f(θ, x1)/∂θˡ · ∂f(θ, x2)/∂θˡᵀ, summed over every leaf θˡ of `params`.
@@ -169,18 +170,19 @@ def ntk_fn(f: Callable, *, implementation: str | Implementation = "auto",
       decision = auto.choose(problem, budget, candidates, verify=True)
       decision = dataclasses.replace(decision, signature=key)
       decisions[key] = decision
-    kernel.last_decision = decision  # type: ignore[attr-defined]
+    kernel_fn.last_decision = decision
     kernels = engines[decision.chosen].kernel(problem, decision.plan)
     # The kernel of each output leaf is in that leaf's dtype (engines may compute a float32
     # kernel for float32 params under a float64 output).
     return jax.tree_util.tree_map(lambda k, o: k.astype(o.dtype), kernels, out_shapes)
 
-  kernel.implementation = impl  # type: ignore[attr-defined]
-  kernel.options = opts  # type: ignore[attr-defined]
-  kernel.memory_budget = parsed_budget  # type: ignore[attr-defined]
-  kernel.decisions = decisions  # type: ignore[attr-defined]
-  kernel.last_decision = None  # type: ignore[attr-defined]
-  return kernel
+  kernel_fn = cast(KernelFn, kernel)  # The function, with the attributes `KernelFn` declares.
+  kernel_fn.implementation = impl
+  kernel_fn.options = opts
+  kernel_fn.memory_budget = parsed_budget
+  kernel_fn.decisions = decisions
+  kernel_fn.last_decision = None
+  return kernel_fn
 
 
 def _kwargs_signature(f_kwargs: dict) -> str:
@@ -243,7 +245,8 @@ def _check_inputs(x1: PyTree, x2: PyTree | None, opts: NTKOptions) -> None:
   axes = _batch_axes(x1, opts)  # Validates vmap_axes against x1 even when x2 is None.
   if x2 is None:
     return
-  t1, t2 = jax.tree_util.tree_structure(x1), jax.tree_util.tree_structure(x2)
+  t1: TreeDef = jax.tree_util.tree_structure(x1)
+  t2: TreeDef = jax.tree_util.tree_structure(x2)
   if t1 != t2:
     raise ValueError(
         f"x1 and x2 have different pytree structures:\n  x1: {t1}\n  x2: {t2}\n"
@@ -343,11 +346,13 @@ def _check_output_batch_axes(f: Callable, params: PyTree, x: PyTree, out: PyTree
                              opts: NTKOptions) -> None:
   """Every output leaf has its batch axis, of the inputs' batch size (per-example `f`)."""
   from ntk_zoo.ntk._tree import broadcast_prefix  # pylint: disable=g-import-not-at-top
+  va = opts.vmap_axes
+  assert va is not None, "only called with vmap_axes set"
   try:
-    axes = broadcast_prefix(opts.vmap_axes.outputs, out)
+    axes = broadcast_prefix(va.outputs, out)
   except ValueError as e:
     raise ValueError(
-        f"vmap_axes outputs {opts.vmap_axes.outputs!r} do not match the structure of f's output "
+        f"vmap_axes outputs {va.outputs!r} do not match the structure of f's output "
         f"{jax.tree_util.tree_structure(out)}: give one int, or a pytree of ints with the "
         "output's structure.") from e
   out_leaves = jax.tree_util.tree_flatten_with_path(out)[0]

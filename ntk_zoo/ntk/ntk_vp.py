@@ -18,10 +18,10 @@ import numpy as np
 
 from ntk_zoo.ntk import _tree
 from ntk_zoo.ntk import _compat as C
-from ntk_zoo.ntk.cost import Estimate, eqn_cost
+from ntk_zoo.ntk.cost import ZERO, Estimate, eqn_cost
 from ntk_zoo.ntk.memory import BudgetError, Plan, fmt_bytes
 from ntk_zoo.ntk.options import Role
-from ntk_zoo.ntk.problem import Problem, per_example
+from ntk_zoo.ntk.problem import Problem
 from ntk_zoo.ntk.structured import flatten
 from ntk_zoo.ntk.typing import PyTree
 
@@ -108,8 +108,9 @@ class VectorProductEngine:
     for m, leaf in enumerate(prep.leaves):
       probe = sweep_lib.Probe()
       cts0 = [jax.ShapeDtypeStruct((1, 1, *leaf.shapes[0]), leaf.dtype)]
+      s1, s2 = leaf.shapes
       spec = sweep_lib.SweepSpec(m, sweep_engine._letters(leaf),  # pylint: disable=protected-access
-                                 tuple((1,) * len(s) for s in leaf.shapes))
+                                 ((1,) * len(s1), (1,) * len(s2)))
       sweep_lib.sweep(program, [side], cts0, spec, probe=probe)
       work = max(work, probe.peak_live)
     # Under vmap a value is batched only over what it depends on: x1's linearization residuals
@@ -129,11 +130,10 @@ class VectorProductEngine:
     chunk = int(max(1, min(_tree.MAX_VMAP_ROWS, (budget - fixed) // per_col)))
     # Cost: a JVP and a VJP of the linear program per column and pair.
     g_cost = _column_cost(program)
-    total = None
+    total = ZERO  # Stays ZERO when f has no output leaves (the kernel is then empty).
     for _, shape2 in pe.out_shapes:
       cols = math.prod(shape2)
-      est = g_cost * (cols * pairs)
-      total = est if total is None else total + est
+      total = total + g_cost * (cols * pairs)
     if flatten.custom_lin_names(program.jaxpr):
       # A custom_vjp whose bwd cannot be transposed has no forward derivative: never chosen
       # by auto (asked for explicitly, the kernel raises naming the function).

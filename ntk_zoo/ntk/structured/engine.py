@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_zoo.ntk import memory
-from ntk_zoo.ntk.cost import Estimate, eqn_cost
+from ntk_zoo.ntk.cost import Estimate
 from ntk_zoo.ntk.memory import BudgetError, Plan, fmt_bytes
 from ntk_zoo.ntk.options import Role, kernel_subscripts, result_position, trace_size
 from ntk_zoo.ntk.problem import PerExample, Problem, kernel_shape, per_example
@@ -110,8 +110,11 @@ class _Blocks:
   def row_shapes(self, leaf: Leaf) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if self.axis is None:
       return leaf.shapes
-    return tuple(tuple(self.size if d == self.axis else n for d, n in enumerate(s))
-                 for s in leaf.shapes)
+
+    def cut(s: tuple[int, ...]) -> tuple[int, ...]:
+      return tuple(self.size if d == self.axis else n for d, n in enumerate(s))
+
+    return cut(leaf.shapes[0]), cut(leaf.shapes[1])
 
   def pairs(self, leaf: Leaf, symmetric: bool) -> list[tuple[int, int]]:
     if self.n == 1:
@@ -164,7 +167,7 @@ class SweepEngine:
     return Prepared(lps[0], lps[1], pe, _leaves(problem, pe))
 
   def _program(self, problem: Problem, pe: PerExample, example) -> LinearProgram:
-    key = (problem.f, _signature((problem.params, example)), problem.opts)
+    key: tuple | None = (problem.f, _signature((problem.params, example)), problem.opts)
     try:
       lp = self._programs.get(key)
     except TypeError:  # Unhashable f: no caching.
@@ -425,6 +428,7 @@ def _best_split(splits):
 
 def _assemble(block, blocks: _Blocks, leaf: Leaf, symmetric: bool, full_shape) -> jax.Array:
   """Runs `block(i, j)` for every block pair in a `lax.scan` and places the results."""
+  assert blocks.axis is not None  # More than one block: along the leaf's block axis.
   role = leaf.block_role()
   pos = result_position(leaf.roles, leaf.full_axis(blocks.axis))
   padded = list(full_shape)
@@ -467,6 +471,7 @@ def _split_kernel(program: Program, sides, leaf: Leaf, blocks: _Blocks,
                   spec: sweep_lib.SweepSpec, symmetric: bool, n_ex, full_shape) -> jax.Array:
   """A split sweep (see `_Blocks`): lockstep to `blocks.split`, then stash / unstash."""
   t, a, b, n = blocks.split, blocks.axis, blocks.size, blocks.n
+  assert a is not None  # Only a leaf with a (PAIR) block axis is split.
   full_rows = leaf.shapes
   spec_full = dataclasses.replace(spec, row_shape=full_rows)
   cts0 = [_basis(leaf.shapes[s], full_rows[s], None, 0, leaf.dtype, n_ex[s]) for s in range(2)]
@@ -559,7 +564,7 @@ def kernel(f, params, x1, x2, opts, out_shapes, budget: int | str | None = None)
   problem = Problem(f, params, x1, x2, opts, out_shapes,
                     out_shapes if x2 is None else jax.eval_shape(f, params, x2))
   prep = STRUCTURED.prepare(problem)
-  plan = STRUCTURED.plan(problem, memory.resolve(budget), prep)
+  plan = STRUCTURED.plan(problem, memory.resolve(budget), prep=prep)
   return STRUCTURED.kernel(problem, plan, prep)
 
 

@@ -93,6 +93,7 @@ def build(ua, ub, v1: SideValues, v2: SideValues, letters: KernelLetters) -> Ein
   for fac, (val, batched) in zip(ua.structure.factors, v1.factors):
     add(val, ([b1] if batched else []) + [names(l, 1) for l in fac.letters])
   if ua.structure.pair is not None:
+    assert v1.key is not None and v2.key is not None  # Set for a structure with a pair factor.
     (k1, bk1), (k2, bk2) = v1.key, v2.key
     add(_combine(ua.structure.pair.combine, k1, k2, v1.ct.dtype),
         ([b1] if bk1 else []) + [names(l, 1) for l in ua.structure.pair.letters]
@@ -166,6 +167,7 @@ def _route(shapes, subscripts, out, memory_limit) -> Route:
     key = (not fits, r.flops, r.largest)
     if best is None or key < best[0]:
       best = (key, r)
+  assert best is not None  # Greedy with no memory limit always finds a pairwise path.
   return best[1]
 
 

@@ -80,7 +80,7 @@ class SiteKind(str, enum.Enum):
 class Site(NamedTuple):
   """Where the program is cut for one use. `index`: equation, output or leaf number."""
   kind: SiteKind
-  index: int
+  index: int  # type: ignore[assignment]  # Shadows tuple.index: legal, mypy rejects it.
   operand: int = -1
 
 
@@ -192,16 +192,17 @@ def analyze(closed: C.ClosedJaxpr, n_consts: int, jacobian_leaves: frozenset[int
       if new_view is not None:
         views[eqn.outvars[0]] = new_view
         continue
-      rule = STRUCTURE_RULES.get(eqn.primitive)
-      structure = rule(eqn, tpos[0], view) if rule else None
+      structure_rule = STRUCTURE_RULES.get(eqn.primitive)
+      structure = structure_rule(eqn, tpos[0], view) if structure_rule else None
       if structure is not None:
         add_use(view.leaf, view, structure, Site(SiteKind.EQN, k))
         g_eqns.append(k)
         continue
     for i in tpos:
-      view = views.get(eqn.invars[i])
-      if view is not None:
-        add_use(view.leaf, view, identity(view), Site(SiteKind.OPERAND, k, i))
+      operand_view = views.get(eqn.invars[i])
+      if operand_view is not None:
+        add_use(operand_view.leaf, operand_view, identity(operand_view),
+                Site(SiteKind.OPERAND, k, i))
         if eqn.primitive not in IDENTITY_PRIMITIVES:
           _warn_once(eqn)
     g_eqns.append(k)
@@ -226,7 +227,7 @@ def _reach(jaxpr, n_consts, g_eqns, cut_at) -> list[frozenset[int]]:
     if Site(SiteKind.EQN, k) in cut_at:
       r[eqn.outvars[0]] = frozenset({cut_at[Site(SiteKind.EQN, k)]})
       continue
-    s = frozenset()
+    s: frozenset[int] = frozenset()
     for i, v in enumerate(eqn.invars):
       site = Site(SiteKind.OPERAND, k, i)
       if site in cut_at:

@@ -51,14 +51,14 @@ def rules_disabled(*prims: C.Primitive):
   the rule unit tests to compare each rule against that path.
   """
   targets = prims or tuple(set(VIEW_RULES) | set(STRUCTURE_RULES))
-  saved = [(reg, p, reg.pop(p)) for reg in (VIEW_RULES, STRUCTURE_RULES) for p in targets
-           if p in reg]
+  saved_views = {p: VIEW_RULES.pop(p) for p in targets if p in VIEW_RULES}
+  saved_structures = {p: STRUCTURE_RULES.pop(p) for p in targets if p in STRUCTURE_RULES}
   identity_saved = IDENTITY_PRIMITIVES.copy()
   IDENTITY_PRIMITIVES.update(targets)  # Do not warn about the rules we removed on purpose.
   try:
     yield
   finally:
-    for reg, p, rule in saved:
-      reg[p] = rule
+    VIEW_RULES.update(saved_views)
+    STRUCTURE_RULES.update(saved_structures)
     IDENTITY_PRIMITIVES.clear()
     IDENTITY_PRIMITIVES.update(identity_saved)

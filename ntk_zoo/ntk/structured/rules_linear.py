@@ -17,7 +17,7 @@ from jax import lax
 
 from ntk_zoo.ntk import _compat as C
 from ntk_zoo.ntk.structured.rules import defidentity, defstructure
-from ntk_zoo.ntk.structured.structure import Factor, LocalLetter, Structure, View
+from ntk_zoo.ntk.structured.structure import Factor, Letter, LocalLetter, Structure, View
 
 P = C.prims
 
@@ -32,10 +32,10 @@ def _dot_general(eqn, t: int, view: View) -> Structure | None:
   c_shape = _shape(c_var)
   t_con, c_con = (lc, rc) if t == 0 else (rc, lc)
   t_bat, c_bat = (lb, rb) if t == 0 else (rb, lb)
-  c_letters = [None] * len(c_shape)
+  shared: list[Letter | None] = [None] * len(c_shape)  # θ letters of contracted/batch axes.
   for td, cd in (*zip(t_con, c_con), *zip(t_bat, c_bat)):
-    c_letters[cd] = view.dims[td]
-  c_letters = [l if l is not None else LocalLetter(n) for l, n in zip(c_letters, c_shape)]
+    shared[cd] = view.dims[td]
+  c_letters = [l if l is not None else LocalLetter(n) for l, n in zip(shared, c_shape)]
   lhs, rhs = (view.dims, c_letters) if t == 0 else (c_letters, view.dims)
   y = [lhs[d] for d in lb]
   y += [l for d, l in enumerate(lhs) if d not in lc and d not in lb]
@@ -91,10 +91,9 @@ def _conv(eqn, t: int, view: View) -> Structure | None:
 
   batch = LocalLetter(y_shape[out_spec[0]])
   spatial = [LocalLetter(y_shape[d]) for d in out_spec[2:]]
-  y = [None] * len(y_shape)
-  y[out_spec[0]], y[out_spec[1]] = batch, view.dims[rhs_spec[0]]
-  for d, l in zip(out_spec[2:], spatial):
-    y[d] = l
+  y_by_axis: dict[int, Letter] = {out_spec[0]: batch, out_spec[1]: view.dims[rhs_spec[0]],
+                                  **dict(zip(out_spec[2:], spatial))}
+  y = [y_by_axis[d] for d in range(len(y_shape))]  # out_spec names every axis of y once.
   feat = [view.dims[rhs_spec[1]], *(view.dims[d] for d in rhs_spec[2:])]
   letters = [batch, *spatial] + ([view.dims[rhs_spec[0]]] if groups > 1 else []) + feat
 

@@ -157,7 +157,9 @@ class Side:
           return out
       return list(jax.linear_transpose(fwd, *lin_avals)(full))
 
-    rows = cts[present[0]].shape[1]
+    first = cts[present[0]]
+    assert first is not None  # `present` lists the outputs with a cotangent.
+    rows = first.shape[1]
     if (eqn.primitive is C.prims.conv_general_dilated_p and 1 in lin_set
         and rows > _tree.MAX_VMAP_ROWS and (0 in lin_set or not conv_rhs_transpose_ok(eqn))):
       # XLA CPU bug: weight gradients of a conv vmapped over > 64 cotangents come out zero.
@@ -189,7 +191,7 @@ class AbstractSide:
       flag.update((v, b) for v in eqn.outvars)
     self.flag = flag
     self._values: dict = {}
-    needed = set()
+    needed: set[C.Var | C.Literal] = set()  # Vars only; mypy cannot narrow `is_literal`.
     for k in program.g_eqns:
       eqn = jaxpr.eqns[k]
       needed.update(v for v in eqn.invars if not C.is_literal(v) and v in flag)
@@ -254,7 +256,7 @@ class Probe:
     cost: FLOPs and bytes written by the transposed equations (pair terms not included).
   """
 
-  def __init__(self):
+  def __init__(self) -> None:
     self.peak_live = 0
     self.pairs: list[tuple[int, int, tuple[int, int], pair_lib.Einsum, int]] = []
     self.cost = ZERO
@@ -447,6 +449,7 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
         continue
       finish = None
       if mode is Mode.UNSTASH:
+        assert stash is not None, "an UNSTASH sweep needs the STASH sweep's stash"
         e, finish = pair_lib.with_half(e, n1, stash[ab])
       term = pair_lib.contract(e, pair_lib.route(e, spec.memory_limit))
       if finish is not None:
@@ -464,6 +467,7 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
   probe_pos = [0]
 
   if start == 0:
+    assert cts0 is not None, "a sweep from the start needs cts0"
     out_var = jaxpr.outvars[m]
     out_site = program.cut_at.get(Site(SiteKind.OUTPUT, m))
     if out_site is not None and out_site in reach:
