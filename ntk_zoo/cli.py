@@ -165,6 +165,12 @@ def add_ntk(subparsers) -> None:
   p.add_argument("--memory-budget", metavar="SIZE",
                  help="peak memory the kernel may use, e.g. 8GB or 512MiB (default: 60%% of "
                       "free RAM; 85%% of free accelerator memory)")
+  p.add_argument("--matrix-free", action="store_true",
+                 help="never form the N·O x N·O kernel: extreme eigenvalues by Lanczos on "
+                      "NTK-vector products (ntk_zoo.ntk_spectrum), exact trace, estimated "
+                      "effective rank; writes summary.json only")
+  p.add_argument("--k", type=_positive_int, default=5, metavar="K",
+                 help="with --matrix-free: eigenvalues computed at each end (default 5)")
   p.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, metavar="DIR",
                  help=f"output directory (default ./{DEFAULT_OUT})")
   p.set_defaults(run=run_ntk)
@@ -181,6 +187,8 @@ def run_ntk(args: argparse.Namespace) -> dict[str, Any]:
   shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
   print(f"model: {model.name} ({model.num_params:,} params, {weights}), {model.num_classes} "
         f"logits; {len(names)} images {tuple(x.shape[1:])}: {shown}")
+  if args.matrix_free:
+    return _run_matrix_free(args, model, x, names)
 
   theta, decision, first, warm = full_ntk(model, model.input_spec.preprocess(x),
                                           implementation, budget)
@@ -219,6 +227,40 @@ def run_ntk(args: argparse.Namespace) -> dict[str, Any]:
       "spectrum.png": lambda p: _plot_spectrum(p, eig, title),
   })
   print(f"wrote {args.out / 'ntk.npz'}, summary.json, spectrum.png")
+  return summary
+
+
+def _run_matrix_free(args: argparse.Namespace, model, x: np.ndarray,
+                     names: list[str]) -> dict[str, Any]:
+  """`ntk-zoo ntk --matrix-free`: the spectrum from NTK-vector products; summary.json only."""
+  from ntk_zoo import spectra  # pylint: disable=g-import-not-at-top
+  size = len(names) * model.num_classes
+  if args.k >= size:
+    raise UsageError(f"--k {args.k}: the NTK is {size} x {size}; ask for fewer than {size} "
+                     "eigenvalues at each end (or drop --matrix-free)")
+  spec = spectra.ntk_spectrum(model.apply, model.params, model.input_spec.preprocess(x),
+                              k=args.k, batch_size=min(len(names), 16))
+  print(f"method: matrix-free (eigsh on NTK-vector products), {spec.matvecs} products, "
+        f"{spec.seconds:.1f} s")
+  print(f"NTK: {size} x {size} (not formed)")
+  print(f"eigenvalues: top {_fmt(spec.largest)}; bottom {_fmt(spec.smallest)}")
+  print(f"condition number: {spec.condition_number:.4g}; trace {spec.trace:.6g}; effective rank "
+        f"{spec.effective_rank:.4g} (± {100 * spec.frobenius_rel_err:.2g} %)")
+  summary = {
+      "model": model.name, "num_params": model.num_params, "num_classes": model.num_classes,
+      "checkpoint": os.fspath(args.checkpoint) if args.checkpoint else None, "images": names,
+      "input_shape": list(x.shape), "method": "matrix_free", "matvecs": spec.matvecs,
+      "time_s": spec.seconds, "eigenvalues_top": spec.largest.tolist(),
+      "eigenvalues_bottom": spec.smallest.tolist(),
+      "eigenvalue_max": float(spec.largest[0]), "eigenvalue_min": float(spec.smallest[0]),
+      "condition_number": (float(spec.condition_number)
+                           if np.isfinite(spec.condition_number) else None),
+      "trace": spec.trace, "effective_rank": spec.effective_rank,
+      "device": str(jax.devices()[0]), "jax": jax.__version__,
+  }
+  _write_outputs(args.out, {
+      "summary.json": lambda p: p.write_text(json.dumps(summary, indent=2) + "\n")})
+  print(f"wrote {args.out / 'summary.json'}")
   return summary
 
 

@@ -217,3 +217,18 @@ def test_broken_pipe_is_quiet(monkeypatch):
   with pytest.raises(SystemExit) as e:
     cli.main(["score", "--sample", "1"])
   assert e.value.code == 1 and dup2 == [sys.stdout.fileno()]
+
+
+def test_matrix_free_spectrum_matches_the_dense_one(tmp_path, capsys):
+  common = ["ntk", "--model", "resnet_tiny", "--n", "3", "--image-size", "8", "--num-classes",
+            "3"]
+  cli.main([*common, "--out", str(tmp_path / "dense")])
+  cli.main([*common, "--matrix-free", "--k", "2", "--out", str(tmp_path / "mf")])
+  d = json.loads((tmp_path / "dense" / "summary.json").read_text())
+  m = json.loads((tmp_path / "mf" / "summary.json").read_text())
+  assert m["method"] == "matrix_free" and sorted(p.name for p in (tmp_path / "mf").iterdir()) == [
+      "summary.json"]
+  np.testing.assert_allclose(m["eigenvalue_max"], d["eigenvalue_max"], rtol=1e-3)
+  np.testing.assert_allclose(m["condition_number"], d["condition_number"], rtol=1e-2)
+  np.testing.assert_allclose(m["trace"], d["trace"], rtol=1e-4)
+  assert "not formed" in capsys.readouterr().out
