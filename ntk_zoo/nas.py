@@ -338,6 +338,10 @@ class ScorePreset:
     implementation: `ntk_fn` implementation.
     fast_compile: compile the scoring programs with XLA's CPU backend at LLVM -O0: ~4× faster
       compiles of these small per-architecture programs (which dominate on CPU), slower runs.
+    dense_max: largest N·O for which the full NTK is formed. Above it (full, per-example
+      kernels) κ of the full NTK and the trace come from `ntk_zoo.ntk_spectrum` (Lanczos on
+      NTK-vector products, the matrix never formed); the pseudo-NTK κ is still exact (N × N),
+      and the kernel-regression proxy, which needs the kernel, is NaN.
   """
   name: str
   network: NetworkConfig
@@ -353,6 +357,7 @@ class ScorePreset:
   ridge: float = 1e-3
   implementation: str = "auto"
   fast_compile: bool = False
+  dense_max: int = 8192
 
   def __post_init__(self):
     if self.kernel not in ("full", "pseudo"):
@@ -603,6 +608,25 @@ def _train_and_test_kernels(kernel, x_train, x_test, diff, frozen, stats, per_ex
   return k_train, k_test
 
 
+def _matrix_free(preset: ScorePreset) -> bool:
+  return (preset.kernel == "full" and preset.per_example
+          and preset.batch_size * preset.network.num_classes > preset.dense_max)
+
+
+def _matrix_free_scores(model: CellNetwork, preset: ScorePreset, x: np.ndarray, diff: dict,
+                        frozen: dict, stats: PyTree) -> dict[str, float]:
+  """Scores without forming the N·O × N·O NTK: κ and trace from `ntk_spectrum`, the pseudo-NTK
+  (N × N) formed, kernel regression NaN."""
+  from ntk_zoo import spectra  # pylint: disable=g-import-not-at-top
+  apply = make_apply(model, frozen, stats, preset.batchnorm == "train")
+  spec = spectra.ntk_spectrum(apply, diff, jnp.asarray(x), k=1, batch_size=min(len(x), 64))
+  pseudo_fn = jax.jit(ntk_fn(lambda p, x: apply(p, x).sum(-1), trace_axes=(), vmap_axes=0,
+                             implementation=preset.implementation))
+  pseudo = np.asarray(pseudo_fn(jnp.asarray(x), None, diff), np.float64)
+  return {"kappa_ntk": spec.condition_number, "kappa_pseudo": _kappa(pseudo, preset.eig_dtype),
+          "trace": spec.trace / spec.size, "kr_accuracy": math.nan, "kr_mse": math.nan}
+
+
 def score_architecture(arch: str | Architecture, preset: str | ScorePreset, images: np.ndarray,
                        labels: np.ndarray | None, seed: int = 0) -> dict:
   """One row of `score_architectures` (images already at the preset's size)."""
@@ -621,6 +645,11 @@ def score_architecture(arch: str | Architecture, preset: str | ScorePreset, imag
     if preset.batchnorm == "calibrated":
       stats = calibrate(variables, jnp.asarray(images[calib]))
     diff, frozen = split_params(variables["params"], preset.differentiate)
+    if _matrix_free(preset):
+      scores = _matrix_free_scores(model, preset, images[train], diff, frozen, stats)
+      for name, value in scores.items():
+        per_repeat[name].append(value)
+      continue
     k_train, k_test = _train_and_test_kernels(kernel, images[train], images[test], diff,
                                               frozen, stats, preset.per_example)
     scores = kernel_scores(k_train, eig_dtype=preset.eig_dtype, k_test=k_test,

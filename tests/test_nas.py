@@ -201,6 +201,15 @@ def test_scores_are_finite():
   _assert_finite_scores(rows[0], "tenas", repeats=2)
 
 
+def test_matrix_free_scores_equal_the_dense_ones():
+  """Above `dense_max`, κ and trace come from Lanczos on NTK-vector products."""
+  dense, = nas.score_architectures([ARCH], tiny("full", repeats=1), progress=False)
+  free, = nas.score_architectures([ARCH], tiny("full", repeats=1, dense_max=0), progress=False)
+  for name in ("kappa_ntk", "kappa_pseudo", "trace"):
+    np.testing.assert_allclose(free[f"{name}_mean"], dense[f"{name}_mean"], rtol=1e-2)
+  assert np.isnan(free["kr_accuracy_mean"]) and np.isfinite(dense["kr_accuracy_mean"])
+
+
 def test_too_few_images_is_a_clear_error():
   with pytest.raises(ValueError, match="draws 16 distinct images per repeat"):
     nas.score_architectures([ARCH], tiny("full"), images=np.zeros((10, 8, 8, 3)),
