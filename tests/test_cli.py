@@ -147,7 +147,7 @@ def test_checkpoint_by_format(tmp_path):
   from ntk_zoo.models import flax_checkpoints
   saved = ntk_zoo.models.get("resnet_tiny", seed=3)
   flax_checkpoints.save(tmp_path / "w.msgpack", saved)
-  model = cli._build_model("resnet_tiny", tmp_path / "w.msgpack", None, None)
+  model = cli._common.build_model("resnet_tiny", tmp_path / "w.msgpack", None, None)
   for a, b in zip(jax.tree_util.tree_leaves(model.params),
                   jax.tree_util.tree_leaves(saved.params)):
     np.testing.assert_array_equal(a, b)
@@ -186,7 +186,7 @@ def test_reproduce_runs_an_experiment(tmp_path, monkeypatch, capsys, full):
 
 
 def test_reproduce_finds_the_checkout():
-  assert cli.experiments_dir() == pathlib.Path(cli.__file__).resolve().parents[1] / "experiments"
+  assert cli.experiments_dir() == pathlib.Path(cli.__file__).resolve().parents[2] / "experiments"
 
 
 def test_score_bad_architecture_is_one_line(capsys):
@@ -211,7 +211,7 @@ def test_broken_pipe_is_quiet(monkeypatch):
   BrokenPipeError traceback."""
   def run(args):
     raise BrokenPipeError(32, "Broken pipe")
-  monkeypatch.setattr(cli, "run_score", run)
+  monkeypatch.setattr(cli.score, "run_score", run)
   dup2 = []
   monkeypatch.setattr(cli.os, "dup2", lambda a, b: dup2.append(b))
   with pytest.raises(SystemExit) as e:

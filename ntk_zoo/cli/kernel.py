@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 import ntk_zoo
-from ntk_zoo import cli
 from ntk_zoo import images as images_lib
+from ntk_zoo.cli import _common as cli
 from ntk_zoo.dataset import inputs as inputs_lib
 from ntk_zoo.dataset import store as store_lib
 
@@ -43,7 +43,7 @@ def add_kernel(subparsers) -> None:
           "gives the symmetric kernel, each off-diagonal tile computed once. Open the result "
           "with ntk_zoo.load_kernel(OUT). Several processes started with JAX's distributed "
           "environment (jax.distributed) share the tiles of one store.", 92),
-      epilog=cli._models_epilog(),  # pylint: disable=protected-access
+      epilog=cli.models_epilog(),
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default=cli.DEFAULT_MODEL, metavar="NAME",
                  help=f"zoo model (default {cli.DEFAULT_MODEL})")
@@ -54,14 +54,14 @@ def add_kernel(subparsers) -> None:
                       "(the 12 bundled photographs), a .npy/.npz file of (N, H, W, C) images, a "
                       "directory of image files, or tfds:NAME[:SPLIT] (a tfds.data_source; "
                       "needs `pip install ntk_zoo[data]` and the prepared dataset)")
-  p.add_argument("--n", type=cli._positive_int, default=DEFAULT_N, metavar="N",  # pylint: disable=protected-access
+  p.add_argument("--n", type=cli.positive_int, default=DEFAULT_N, metavar="N",
                  help=f"x1: the first N examples (default {DEFAULT_N})")
-  p.add_argument("--n2", type=cli._positive_int, metavar="N2",  # pylint: disable=protected-access
+  p.add_argument("--n2", type=cli.positive_int, metavar="N2",
                  help="x2: the N2 examples after x1's (default: x2 = x1, symmetric)")
-  p.add_argument("--image-size", type=cli._positive_int, metavar="S",  # pylint: disable=protected-access
+  p.add_argument("--image-size", type=cli.positive_int, metavar="S",
                  help=f"input side (default {DEFAULT_IMAGE_SIZE}; with --checkpoint, the "
                       "architecture's own)")
-  p.add_argument("--num-classes", type=cli._positive_int, metavar="O",  # pylint: disable=protected-access
+  p.add_argument("--num-classes", type=cli.positive_int, metavar="O",
                  help=f"logits O (default {cli.DEFAULT_NUM_CLASSES})")
   p.add_argument("--pseudo", action="store_true",
                  help="the pseudo-NTK (NTK of the sum of the logits / sqrt(O)), N1 x N2, O^2 "
@@ -70,7 +70,7 @@ def add_kernel(subparsers) -> None:
                  help=f"one of {', '.join(cli.IMPLEMENTATIONS)} (default auto)")
   p.add_argument("--memory-budget", metavar="SIZE",
                  help="peak memory per tile, e.g. 8GB (default: 60%% of free RAM)")
-  p.add_argument("--tile", type=cli._positive_int, metavar="T",  # pylint: disable=protected-access
+  p.add_argument("--tile", type=cli.positive_int, metavar="T",
                  help="examples per tile side (default: planned from the memory budget)")
   p.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, metavar="STORE",
                  help=f"the store directory (default ./{DEFAULT_OUT}); resumed if it holds "
@@ -85,11 +85,11 @@ def run_kernel(args: argparse.Namespace) -> dict[str, Any]:
   args.checkpoint = args.checkpoint
   if args.image_size is None and args.checkpoint is None:
     args.image_size = DEFAULT_IMAGE_SIZE
-  name, implementation, budget, image_size = cli._ntk_options(args)  # pylint: disable=protected-access
-  cli._check_writable(args.out)  # pylint: disable=protected-access
+  name, implementation, budget, image_size = cli.ntk_options(args)
+  cli.check_writable(args.out)
   total = args.n + (args.n2 or 0)
   source, describe = _source(args.data, total)
-  model = cli._build_model(name, args.checkpoint, args.num_classes, image_size)  # pylint: disable=protected-access
+  model = cli.build_model(name, args.checkpoint, args.num_classes, image_size)
   source = _Fitted(source, model.input_spec.shape)
   transform = lambda batch: np.asarray(model.input_spec.preprocess(batch))
   x1 = inputs_lib.Examples(_Slice(source, 0, args.n), transform)
@@ -129,7 +129,7 @@ def run_kernel(args: argparse.Namespace) -> dict[str, Any]:
       "shape": list(result.shape), "tile": list(result.tile), "computed": result.computed,
       "reused": result.reused, "remaining": result.remaining, "seconds": seconds,
       "method": decision.chosen if decision else None,
-      "plan": cli._plan_record(decision.plan) if decision else None,  # pylint: disable=protected-access
+      "plan": cli.plan_record(decision.plan) if decision else None,
       "device": str(jax.devices()[0]), "devices": jax.device_count(),
       "processes": jax.process_count(), "jax": jax.__version__,
   }
@@ -220,7 +220,7 @@ def _tfds(data: str):
   try:
     return _TfdsImages(tfds.data_source(name, split=split))
   except Exception as e:  # pylint: disable=broad-except  (unknown or unprepared dataset)
-    raise cli.UsageError(f"--data {data}: {cli._one_line(str(e))}") from None  # pylint: disable=protected-access
+    raise cli.UsageError(f"--data {data}: {cli.one_line(str(e))}") from None
 
 
 class _TfdsImages:
