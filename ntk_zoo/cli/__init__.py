@@ -3,6 +3,7 @@
     ntk-zoo                               # = ntk-zoo ntk: full NTK of resnet18 on 4 bundled photos
     ntk-zoo ntk --model vit_tiny --images photos/ --n 8 --out results/
     ntk-zoo ntk --model resnet50 --checkpoint resnet50.safetensors --image-size 224
+    ntk-zoo kernel --n 256 --out k.zarr
     ntk-zoo score --preset full --sample 5
     ntk-zoo reproduce --list
     ntk-zoo reproduce fig1 --full
@@ -42,6 +43,7 @@ examples:
   ntk-zoo                               # full NTK of resnet18 on 4 bundled photos
   ntk-zoo ntk --model vit_tiny --images photos/ --n 8 --out results/
   ntk-zoo ntk --model resnet50 --checkpoint resnet50.safetensors --image-size 224
+  ntk-zoo kernel --n 256 --out k.zarr   # NTK of 256 digits, tiled into a resumable store
   ntk-zoo reproduce --list"""
 
 
