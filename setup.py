@@ -23,7 +23,8 @@ setup(
     entry_points={"console_scripts": ["ntk-zoo = ntk_zoo.cli:main"]},
     extras_require={
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17",
-                 "torch==2.13.0", "ruff==0.17.5", "mypy==2.4.1"],
+                 "torch==2.13.0", "ruff==0.17.5", "mypy==2.4.1",
+                 "tensorflow-datasets==4.9.10"],
         "data": ["tensorflow-datasets==4.9.10"],
     },
 )

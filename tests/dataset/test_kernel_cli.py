@@ -73,3 +73,20 @@ def test_npy_images_asymmetric_and_pseudo(tmp_path):
   assert pseudo.shape == (3, 2)
   np.testing.assert_allclose(np.asarray(pseudo), np.asarray(full).mean((2, 3)) * 2,
                              rtol=1e-4, atol=1e-6)
+
+
+def test_tfds_data_source(tmp_path):
+  """`--data tfds:NAME:SPLIT` reads a `tfds.data_source` (tfds' mock data: no download)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (the test extra)
+  from ntk_zoo import cli, images  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+    cli.main(["kernel", "--model", "resnet_tiny", "--image-size", "8", "--num-classes", "2",
+              "--data", "tfds:mnist:train", "--n", "4", "--tile", "2", "--out",
+              str(tmp_path / "k")])
+    source = tfds.data_source("mnist", split="train")
+    raw = np.stack([images.fit(source[i]["image"], (8, 8)) for i in range(4)])
+  model = ntk_zoo.models.get("resnet_tiny", num_classes=2, image_size=8)
+  x = model.input_spec.preprocess(raw)
+  want = ntk_zoo.ntk_fn(model.apply, trace_axes=(), vmap_axes=0)(x, None, model.params)
+  np.testing.assert_allclose(np.asarray(ntk_zoo.load_kernel(tmp_path / "k")), want, rtol=1e-4,
+                             atol=1e-6)
