@@ -19,12 +19,8 @@ The module tree and parameter names are those of google-research/vision_transfor
 In a `Model` this tree is `model.params["params"]` (built by `adapters.from_linen`, as every Linen
 zoo model; there is no state).
 
-Loaders (no torch import, nothing is unpickled):
-* `load_npz`: vit_jax files (pre-Linen numbering, optional `opt/target/` prefix) and big_vision
-  files (Linen numbering, `params/` prefix, blocks scanned along depth, bfloat16 stored as void,
-  position embedding at the top level without a class-token row), with the position embedding
-  resampled to a new image size as vit_jax's `load_pretrained` does.
-* `load_timm`: timm `.safetensors` state dicts (`vit_base_patch16_224.augreg2_in21k_ft_in1k`, ...).
+Loaders: `load_npz` (vit_jax / big_vision `.npz`) and `load_timm` (timm `.safetensors`), in
+`vit_checkpoints.py`, re-exported here.
 
 Inputs are NHWC images normalized as `input_spec` says: the vit_jax/big_vision checkpoints and
 timm's `augreg` ViTs take images scaled to [-1, 1], i.e. mean = std = (0.5, 0.5, 0.5) on [0, 1]
@@ -46,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 from typing import Any
 
@@ -55,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk_zoo.models import checkpoints, npz_convert, timm_convert
+from ntk_zoo.models import checkpoints
 from ntk_zoo.models.adapters import from_linen
 from ntk_zoo.models.model import InputSpec, Model
 from ntk_zoo.models.registry import register
@@ -452,190 +447,4 @@ vit_l32 = _registered("vit_l32", "L/32")
 vit_tiny = _registered("vit_tiny", "tiny/4", default_image_size=16, default_num_classes=10)
 
 
-# --------------------------------------------------------------------------------------------------
-# Checkpoints.
-
-
-def _is_square(n: int) -> bool:
-  return n >= 0 and int(round(np.sqrt(n))) ** 2 == n
-
-
-def _grid(config: ViTConfig, image_size: int | tuple[int, int]) -> tuple[int, int]:
-  h, w, _ = _image_shape(image_size)
-  return (h // config.patch_size, w // config.patch_size)
-
-
-def _finish_load(flat: dict[str, np.ndarray], expected: dict[str, jax.ShapeDtypeStruct],
-                 module: VisionTransformer, image_size: int | tuple[int, int], source: str,
-                 name: str) -> Model:
-  """Checks `flat` (our keys) against the `expected` shapes and builds the `Model`."""
-  checkpoints.check_matches(expected, flat, source=source)
-  params = checkpoints.unflatten({k: jnp.asarray(flat[k], module.dtype) for k in expected})
-  return _to_model(module, params, image_size, name)
-
-
-def _resample(flat: dict[str, np.ndarray], config: ViTConfig, image_size, classifier: str,
-              method: str) -> None:
-  """Resamples `flat[POSEMB_KEY]` (in place) to the model's grid of patches, if it differs."""
-  pe = flat.get(POSEMB_KEY)
-  if pe is None or np.ndim(pe) != 3:
-    return
-  prefix = 1 if classifier == "token" else 0
-  gh, gw = _grid(config, image_size)
-  if pe.shape[1] != prefix + gh * gw and _is_square(pe.shape[1] - prefix):
-    flat[POSEMB_KEY] = npz_convert.resample_posemb(pe, (gh, gw), num_prefix_tokens=prefix,
-                                                   method=method)
-
-
-def load_npz(path: str | os.PathLike, *, variant: str | ViTConfig, num_classes: int | None = None,
-             image_size: int | tuple[int, int] = 224, gelu_approximate: bool = True,
-             dtype: Any = jnp.float32, posemb_method: str = "vit_jax") -> Model:
-  """Loads a vit_jax or big_vision ViT `.npz` checkpoint.
-
-  Handles: pre-Linen (vit_jax) and Linen (big_vision) module numbering; keys prefixed `params/`
-  or `opt/target/` (other entries, e.g. optimizer state, are ignored); blocks scanned along a
-  leading depth axis (`Transformer/encoderblock/...`); bfloat16 stored as 2-byte void; the position
-  embedding at `Transformer/posembed_input`, `Transformer/pos_embedding` or the top level, with or
-  without a class-token row (big_vision adds it before prepending the class token, which equals
-  a zero class-token row here); a position embedding trained at another resolution (resampled to
-  `image_size`). The class token's presence selects `classifier` ("token" or "gap"), a
-  `pre_logits` layer sets `representation_size`.
-
-  Args:
-    path: the `.npz` file.
-    variant: e.g. "B/16" (see `decode_variant`).
-    num_classes: logits C; default: the size of the file's head.
-    image_size: input side; the position embedding is resampled if trained at another size.
-    gelu_approximate: tanh-approximate GELU (True for JAX-trained weights).
-    dtype: parameter and computation dtype.
-    posemb_method: see `npz_convert.resample_posemb` ("vit_jax": as vit_jax/big_vision do).
-
-  Returns:
-    `Model` with the file's weights; apply(params, x): (N, H, W, 3) -> (N, C).
-
-  Raises:
-    CheckpointMismatchError: listing missing keys, unexpected keys and shape conflicts.
-  """
-  config = decode_variant(variant)
-  flat = npz_convert.read_google_npz(path, anchor="embedding/kernel",
-                                     scanned=[("Transformer", "encoderblock")])
-  classifier = "token" if "cls" in flat else "gap"
-  for old in ("pos_embedding", "Transformer/pos_embedding"):
-    if old in flat and POSEMB_KEY not in flat:
-      flat[POSEMB_KEY] = flat.pop(old)
-  pe = flat.get(POSEMB_KEY)
-  if classifier == "token" and pe is not None and np.ndim(pe) == 3 and _is_square(pe.shape[1]):
-    # big_vision layout: no position embedding on the class token == a zero row here.
-    flat[POSEMB_KEY] = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
-  _resample(flat, config, image_size, classifier, posemb_method)
-  representation_size = (int(flat["pre_logits/kernel"].shape[-1])
-                          if "pre_logits/kernel" in flat else None)
-  if num_classes is None:
-    num_classes = int(flat["head/bias"].shape[0]) if "head/bias" in flat else 1000
-  module = _module(config, num_classes=num_classes, classifier=classifier,
-                   representation_size=representation_size, gelu_approximate=gelu_approximate,
-                   dtype=dtype)
-  expected = param_shapes(config, num_classes=num_classes, image_size=image_size,
-                          classifier=classifier, representation_size=representation_size)
-  flat = npz_convert.match_names(flat, expected)
-  return _finish_load(flat, expected, module, image_size, os.fspath(path),
-                      _default_name(variant))
-
-
-def _split_heads(kernel: np.ndarray, num_heads: int, axis: int) -> np.ndarray:
-  """Splits `axis` of size H*d_h into (H, d_h); unchanged if not divisible (reported later)."""
-  n = kernel.shape[axis]
-  if n % num_heads:
-    return kernel
-  shape = kernel.shape[:axis] + (num_heads, n // num_heads) + kernel.shape[axis + 1:]
-  return kernel.reshape(shape)
-
-
-def _timm_rules(num_heads: int) -> list[timm_convert.Rule]:
-  """timm `VisionTransformer` state-dict names -> our keys."""
-  blk = "Transformer/encoderblock_{0}"
-  mha = blk + "/MultiHeadDotProductAttention_1"
-
-  def qkv(t, m):
-    prefix = mha.format(*m.groups())
-    out = {}
-    w, b = t.get("weight"), t.get("bias")
-    for j, part in enumerate(("query", "key", "value")):
-      if w is not None and w.shape[0] % 3 == 0:
-        wj = np.split(w, 3, axis=0)[j]  # (D, D) (out, in)
-        out[f"{prefix}/{part}/kernel"] = _split_heads(timm_convert.linear_t(wj), num_heads, 1)
-      if b is not None and b.shape[0] % 3 == 0:
-        out[f"{prefix}/{part}/bias"] = _split_heads(np.split(b, 3)[j], num_heads, 0)
-    for leaf, v in t.items():
-      if leaf not in ("weight", "bias") or v.shape[0] % 3:
-        out[f"{prefix}/qkv.{leaf}"] = v
-    return out
-
-  def proj(t, m):
-    prefix = mha.format(*m.groups()) + "/out"
-    out = {}
-    for leaf, v in t.items():
-      if leaf == "weight":
-        out[f"{prefix}/kernel"] = _split_heads(timm_convert.linear_t(v), num_heads, 0)
-      elif leaf == "bias":
-        out[f"{prefix}/bias"] = v
-      else:
-        out[f"{prefix}/{leaf}"] = v
-    return out
-
-  r = timm_convert.Rule
-  return [
-      r("cls_token", timm_convert.tensor("cls")),
-      r("pos_embed", timm_convert.tensor(POSEMB_KEY)),
-      r(r"patch_embed\.proj", timm_convert.conv("embedding")),
-      r(r"blocks\.(\d+)\.norm1", timm_convert.layer_norm(blk + "/LayerNorm_0")),
-      r(r"blocks\.(\d+)\.attn\.qkv", qkv),
-      r(r"blocks\.(\d+)\.attn\.proj", proj),
-      r(r"blocks\.(\d+)\.norm2", timm_convert.layer_norm(blk + "/LayerNorm_2")),
-      r(r"blocks\.(\d+)\.mlp\.fc1", timm_convert.dense(blk + "/MlpBlock_3/Dense_0")),
-      r(r"blocks\.(\d+)\.mlp\.fc2", timm_convert.dense(blk + "/MlpBlock_3/Dense_1")),
-      r("norm", timm_convert.layer_norm("Transformer/encoder_norm")),
-      r("head", timm_convert.dense("head")),
-  ]
-
-
-def load_timm(path: str | os.PathLike, *, variant: str | ViTConfig,
-              num_classes: int | None = None, image_size: int | tuple[int, int] = 224,
-              gelu_approximate: bool = False, dtype: Any = jnp.float32,
-              posemb_method: str = "bicubic") -> Model:
-  """Loads a timm ViT `.safetensors` state dict (read with `safetensors.numpy`, no torch).
-
-  Expects timm's `VisionTransformer` names: `cls_token`, `pos_embed` (1, 1 + h*w, D),
-  `patch_embed.proj.{weight,bias}`, `blocks.{i}.{norm1, attn.qkv (fused 3D x D), attn.proj, norm2,
-  mlp.fc1, mlp.fc2}`, `norm`, `head`. Variants with layer scale, register tokens, `fc_norm` or
-  no class token are a different architecture: their tensors are reported as unexpected.
-
-  Args:
-    path: the `.safetensors` file.
-    variant: e.g. "B/16" (see `decode_variant`).
-    num_classes: logits C; default: the size of the file's head.
-    image_size: input side; `pos_embed` is resampled (`posemb_method`) if trained at another.
-    gelu_approximate: False (timm uses exact GELU).
-    dtype: parameter and computation dtype.
-    posemb_method: see `npz_convert.resample_posemb` (timm itself uses bicubic).
-
-  Returns:
-    `Model` with the file's weights; apply(params, x): (N, H, W, 3) -> (N, C).
-
-  Raises:
-    CheckpointMismatchError: listing missing keys, unexpected keys and shape conflicts.
-  """
-  config = decode_variant(variant)
-  state = checkpoints.read_safetensors(path)
-  flat, origin = timm_convert.convert(state, _timm_rules(config.num_heads))
-  classifier = "token" if "cls" in flat else "gap"
-  _resample(flat, config, image_size, classifier, posemb_method)
-  if num_classes is None:
-    num_classes = int(flat["head/bias"].shape[0]) if "head/bias" in flat else 1000
-  module = _module(config, num_classes=num_classes, classifier=classifier,
-                   gelu_approximate=gelu_approximate, dtype=dtype)
-  expected = param_shapes(config, num_classes=num_classes, image_size=image_size,
-                          classifier=classifier)
-  flat = timm_convert.annotate_unexpected(flat, origin, expected)
-  return _finish_load(flat, expected, module, image_size, os.fspath(path),
-                      _default_name(variant))
+from ntk_zoo.models.vit_checkpoints import load_npz, load_timm  # noqa: E402  (built on the above)
