@@ -205,3 +205,16 @@ def test_no_convergence_names_the_fix(mlp_case, x64):
   with pytest.raises(ConvergenceError, match="larger maxiter.*looser tol") as info:
     ntk_spectrum(mlp, params, x, which="smallest", maxiter=1, tol=1e-14)
   assert type(info.value.__cause__).__name__ == "ArpackNoConvergence"
+
+
+def test_logdet_matches_dense(mlp_case, x64):
+  """Stochastic Lanczos quadrature: exact Lanczos (order = N·O), within 4 standard errors."""
+  params, x, theta, _ = mlp_case
+  f = mlp
+  n = theta.shape[0]
+  want = np.linalg.slogdet(theta + 1e-2 * np.eye(n))[1]
+  got, sem = spectra.ntk_logdet(f, params, x, order=n, num_probes=128, shift=1e-2, batch_size=5)
+  assert 0 < sem < 0.1 * abs(want)
+  assert abs(got - want) < 4 * sem
+  with pytest.raises(ValueError, match="order must be"):
+    spectra.ntk_logdet(f, params, x, order=n + 1)
