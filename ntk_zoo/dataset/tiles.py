@@ -37,7 +37,7 @@ __all__ = ["DatasetKernel", "dataset_ntk", "plan_tile"]
 
 AXIS = "examples"
 # Tile sides tried when the tile is planned: the first, and the largest.
-START_TILE = 8
+START_TILE = 32
 MAX_TILE = 256
 # Per-entry cost must drop by this fraction for a larger tile to be preferred.
 MIN_GAIN = 0.1
