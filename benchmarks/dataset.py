@@ -69,9 +69,8 @@ LIBRARY = "ntk_zoo"
 PEER = peer_dataset.LIBRARY
 BEGIN, END = "<!-- dataset:begin -->", "<!-- dataset:end -->"
 
-JC, VP, SD, AUTO = ("jacobian_contraction", "ntk_vector_products", "structured_derivatives",
-                    "auto")
-ORDER = (JC, VP, SD, AUTO)
+ORDER = common.IMPLEMENTATIONS
+JC, VP, SD, AUTO = ORDER
 SHORT = common.SHORT
 FAILED = ("oom", "timeout")
 _MB = 1024.0 * 1024.0

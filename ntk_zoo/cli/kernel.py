@@ -82,7 +82,6 @@ def add_kernel(subparsers) -> None:
 
 def run_kernel(args: argparse.Namespace) -> dict[str, Any]:
   """`ntk-zoo kernel`: computes the dataset kernel into the store; returns the summary."""
-  args.checkpoint = args.checkpoint
   if args.image_size is None and args.checkpoint is None:
     args.image_size = DEFAULT_IMAGE_SIZE
   name, implementation, budget, image_size = cli.ntk_options(args)
