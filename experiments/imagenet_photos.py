@@ -102,7 +102,7 @@ def load_photos(names, size: int) -> np.ndarray:
 def load_model(name: str, config):
   """The zoo model `name`, with `config.checkpoint`'s weights if given, and O logits."""
   import ntk_zoo  # pylint: disable=g-import-not-at-top
-  from ntk_zoo.models import loading as load_lib  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models.convert import loading as load_lib  # pylint: disable=g-import-not-at-top
   size, o = config.image_size, config.num_classes
   path = pathlib.Path(config.checkpoint) if config.checkpoint else None
   # torchvision/timm/vit_jax files bring their own head (O is cut below); Flax/Orbax files

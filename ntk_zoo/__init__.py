@@ -7,12 +7,12 @@
 
 from ntk_zoo import models, spectra, testing
 from ntk_zoo.dataset import dataset_ntk, load_kernel
-from ntk_zoo.ntk import (Implementation, NonFiniteInputWarning, NTKOptions, VmapAxes, ntk_fn,
-                         pseudo_ntk_fn)
+from ntk_zoo.ntk import (BudgetError, Implementation, NonFiniteInputWarning, NTKOptions, VmapAxes,
+                         ntk_fn, pseudo_ntk_fn)
 from ntk_zoo.spectra import ntk_spectrum
 
 
 __version__ = "0.1.0"
-__all__ = ["Implementation", "NTKOptions", "NonFiniteInputWarning", "VmapAxes", "dataset_ntk",
-           "load_kernel", "models", "ntk_fn", "ntk_spectrum", "pseudo_ntk_fn", "spectra",
-           "testing"]
+__all__ = ["BudgetError", "Implementation", "NTKOptions", "NonFiniteInputWarning", "VmapAxes",
+           "dataset_ntk", "load_kernel", "models", "ntk_fn", "ntk_spectrum", "pseudo_ntk_fn",
+           "spectra", "testing"]

@@ -144,7 +144,7 @@ def test_checkpoint_by_format(tmp_path):
   """A Flax msgpack file loads into its zoo model (other formats: each loader's tests)."""
   import jax
   import ntk_zoo
-  from ntk_zoo.models import flax_checkpoints
+  from ntk_zoo.models.convert import flax_checkpoints
   saved = ntk_zoo.models.get("resnet_tiny", seed=3)
   flax_checkpoints.save(tmp_path / "w.msgpack", saved)
   model = cli._common.build_model("resnet_tiny", tmp_path / "w.msgpack", None, None)

@@ -56,7 +56,7 @@ def test_model_repr_is_short(tiny):
 def test_truncated_safetensors_is_named_as_such(tmp_path):
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   from ntk_zoo.models import resnet  # pylint: disable=g-import-not-at-top
-  from ntk_zoo.models.checkpoints import CheckpointFileError  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models.convert.checkpoints import CheckpointFileError  # pylint: disable=g-import-not-at-top
   whole = tmp_path / "whole.safetensors"
   save_file({"fc.weight": np.ones((10, 64), np.float32)}, str(whole))
   cut = tmp_path / "resnet18.safetensors"

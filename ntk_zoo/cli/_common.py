@@ -17,8 +17,9 @@ import numpy as np
 
 import ntk_zoo
 from ntk_zoo import images as images_lib
-from ntk_zoo.models import checkpoints, mixer, vit
-from ntk_zoo.models import loading as load_lib
+from ntk_zoo.models import mixer, vit
+from ntk_zoo.models.convert import checkpoints
+from ntk_zoo.models.convert import loading as load_lib
 from ntk_zoo.ntk import api, memory
 
 

@@ -25,40 +25,24 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from ntk_zoo.models import common
 from ntk_zoo.models.adapters import from_haiku
-from ntk_zoo.models.model import InputSpec, Model
-from ntk_zoo.models.registry import register
+from ntk_zoo.models.common import IMAGENET_MEAN, IMAGENET_STD
+from ntk_zoo.models.model import Model
 from ntk_zoo.ntk.typing import PyTree
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VARIANTS", "init", "param_shapes", "resnet",
-           "transformed"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# variant -> constructor `(num_classes, logits_config) -> hk.nets.ResNet` (an hk.Module).
-VARIANTS: dict[str, Callable[..., hk.nets.ResNet]] = {
-    # He et al. 2016, Table 1: [3, 4, 6, 3] bottleneck blocks, 25,557,032 params (1000 classes).
-    "50": hk.nets.ResNet50,
-    # He et al. 2016, Table 1: [3, 8, 36, 3] bottleneck blocks, 60,192,808 params (1000 classes).
-    "152": hk.nets.ResNet152,
-    # For tests: one basic (non-bottleneck) block per group, 4/8/16/32 channels.
-    "tiny": functools.partial(hk.nets.ResNet, blocks_per_group=(1, 1, 1, 1),
-                              channels_per_group=(4, 8, 16, 32), bottleneck=False,
-                              use_projection=(True, True, True, True), name="res_net_tiny"),
-}
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VARIANTS", "create", "haiku_resnet152",
+           "haiku_resnet50", "haiku_resnet_tiny", "init", "param_shapes", "transformed"]
 
 # `init` runs one forward pass; parameter shapes do not depend on the image size, so it runs on
 # images at most this large.
 _INIT_SIZE = 32
-# Init compiles at XLA -O0 (jax annotates option values as str | bool; XLA takes ints too).
-_INIT_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
 
 
 def _check_variant(variant: str) -> None:
@@ -125,9 +109,9 @@ def init(variant: str, num_classes: int = 1000, *, seed: int = 0, image_size: in
          zero_init_logits: bool = False) -> tuple[PyTree, PyTree]:
   """Initial Haiku (params, state) of a ResNet variant.
 
-  The initializer is compiled at XLA optimization level 0: Haiku's truncated-normal
-  initializers otherwise take most of the build time on CPU (e.g. 43 s vs 6.5 s for the tiny
-  variant on a loaded 2-core machine); it runs once, on one small batch.
+  The initializer is compiled at `common.INIT_COMPILER_OPTIONS` (XLA optimization level 0):
+  Haiku's truncated-normal initializers otherwise take most of the build time on CPU (e.g. 43 s
+  vs 6.5 s for the tiny variant on a loaded 2-core machine); it runs once, on one small batch.
 
   Args:
     variant: "50", "152" or "tiny".
@@ -150,7 +134,7 @@ def _compiled_init(variant: str, num_classes: int, size: int,
   """`_init_fn` compiled once per configuration (the seed is an argument)."""
   fn = _init_fn(variant, num_classes, size, zero_init_logits)
   seed = jax.ShapeDtypeStruct((), jnp.uint32)
-  return jax.jit(fn).lower(seed).compile(_INIT_COMPILER_OPTIONS)
+  return jax.jit(fn).lower(seed).compile(common.INIT_COMPILER_OPTIONS)
 
 
 def param_shapes(variant: str, num_classes: int = 1000,
@@ -160,8 +144,8 @@ def param_shapes(variant: str, num_classes: int = 1000,
   return jax.eval_shape(fn, jnp.asarray(0, jnp.uint32))
 
 
-def resnet(variant: str, *, num_classes: int = 1000, image_size: int = 224, seed: int = 0,
-           zero_init_logits: bool = False) -> Model:
+def create(variant: str, *, num_classes: int = 1000, image_size: int = 224, seed: int = 0,
+           zero_init_logits: bool = False, name: str | None = None) -> Model:
   """A Haiku ResNet as a `Model` in inference mode (BatchNorm on its moving averages).
 
   Args:
@@ -171,6 +155,7 @@ def resnet(variant: str, *, num_classes: int = 1000, image_size: int = 224, seed
       `input_spec.preprocess`.
     seed: PRNG seed of the initialization.
     zero_init_logits: see `transformed`.
+    name: model name (default "haiku_resnet50", "haiku_resnet152", "haiku_resnet_tiny").
 
   Returns:
     A `Model` whose `apply(params, x)` maps x (N, image_size, image_size, 3) to logits
@@ -178,26 +163,38 @@ def resnet(variant: str, *, num_classes: int = 1000, image_size: int = 224, seed
   """
   params, state = init(variant, num_classes, seed=seed, image_size=image_size,
                        zero_init_logits=zero_init_logits)
-  spec = InputSpec(shape=(image_size, image_size, 3), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+  spec = common.image_spec(image_size, np.float32, IMAGENET_MEAN, IMAGENET_STD)
   suffix = variant if variant != "tiny" else "_tiny"
   return from_haiku(transformed(variant, num_classes, zero_init_logits=zero_init_logits),
                     params, state, input_spec=spec, num_classes=num_classes,
-                    apply_kwargs={"is_training": False}, name=f"haiku_resnet{suffix}")
+                    apply_kwargs={"is_training": False}, name=name or f"haiku_resnet{suffix}")
 
 
-@register("haiku_resnet50")
-def haiku_resnet50(*, num_classes: int = 1000, image_size: int = 224, seed: int = 0) -> Model:
-  """Haiku ResNet-50 (25,557,032 params with 1000 classes); see `resnet`."""
-  return resnet("50", num_classes=num_classes, image_size=image_size, seed=seed)
+# ----------------------------------------------------------------------------------------------
+# Variants.
 
+# variant -> constructor `(num_classes, logits_config) -> hk.nets.ResNet` (an hk.Module).
+VARIANTS: dict[str, Callable[..., hk.nets.ResNet]] = {
+    # He et al. 2016, Table 1: [3, 4, 6, 3] bottleneck blocks, 25,557,032 params (1000 classes).
+    "50": hk.nets.ResNet50,
+    # He et al. 2016, Table 1: [3, 8, 36, 3] bottleneck blocks, 60,192,808 params (1000 classes).
+    "152": hk.nets.ResNet152,
+    # For tests: one basic (non-bottleneck) block per group, 4/8/16/32 channels.
+    "tiny": functools.partial(hk.nets.ResNet, blocks_per_group=(1, 1, 1, 1),
+                              channels_per_group=(4, 8, 16, 32), bottleneck=False,
+                              use_projection=(True, True, True, True), name="res_net_tiny"),
+}
 
-@register("haiku_resnet152")
-def haiku_resnet152(*, num_classes: int = 1000, image_size: int = 224, seed: int = 0) -> Model:
-  """Haiku ResNet-152 (60,192,808 params with 1000 classes); see `resnet`."""
-  return resnet("152", num_classes=num_classes, image_size=image_size, seed=seed)
+# The registered factories take these keywords of `create`.
+_KEYWORDS = ("num_classes", "image_size", "seed")
 
-
-@register("haiku_resnet_tiny")
-def haiku_resnet_tiny(*, num_classes: int = 1000, image_size: int = 224, seed: int = 0) -> Model:
-  """A tiny Haiku ResNet (one basic block per group, 4-32 channels) for tests; see `resnet`."""
-  return resnet("tiny", num_classes=num_classes, image_size=image_size, seed=seed)
+haiku_resnet50 = common.register_variant(
+    "haiku_resnet50", create, "50", keywords=_KEYWORDS,
+    doc="Haiku ResNet-50 (25,557,032 params with 1000 classes); see `create`.")
+haiku_resnet152 = common.register_variant(
+    "haiku_resnet152", create, "152", keywords=_KEYWORDS,
+    doc="Haiku ResNet-152 (60,192,808 params with 1000 classes); see `create`.")
+haiku_resnet_tiny = common.register_variant(
+    "haiku_resnet_tiny", create, "tiny", keywords=_KEYWORDS,
+    doc="A tiny Haiku ResNet (one basic block per group, 4-32 channels) for tests; see "
+        "`create`.")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
 import inspect
+import pkgutil
 from collections.abc import Callable
 
 import jax
@@ -13,14 +13,10 @@ import jax.numpy as jnp
 
 from ntk_zoo.models.model import Model
 
-# Architecture modules that register factories when imported (imported lazily by `get`/`list`).
-_ARCH_MODULES = (
-    "ntk_zoo.models.resnet",
-    "ntk_zoo.models.wide_resnet",
-    "ntk_zoo.models.vit",
-    "ntk_zoo.models.mixer",
-    "ntk_zoo.models.haiku_resnet",
-)
+# Architecture modules register their variants' factories when imported; `get`/`list` import
+# every module of this package (not its subpackages, e.g. `convert`) the first time, so a new
+# architecture is one new module file.
+_PACKAGE = "ntk_zoo.models"
 
 _FACTORIES: dict[str, Callable[..., Model]] = {}
 _loaded = False
@@ -43,9 +39,10 @@ def _load_all() -> None:
   global _loaded
   if _loaded:
     return
-  for mod in _ARCH_MODULES:
-    if importlib.util.find_spec(mod) is not None:
-      importlib.import_module(mod)
+  package = importlib.import_module(_PACKAGE)
+  for info in pkgutil.iter_modules(package.__path__):
+    if not info.ispkg and not info.name.startswith("_"):
+      importlib.import_module(f"{_PACKAGE}.{info.name}")
   _loaded = True
 
 

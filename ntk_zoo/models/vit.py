@@ -20,7 +20,7 @@ In a `Model` this tree is `model.params["params"]` (built by `adapters.from_line
 zoo model; there is no state).
 
 Loaders: `load_npz` (vit_jax / big_vision `.npz`) and `load_timm` (timm `.safetensors`), in
-`vit_checkpoints.py`, re-exported here.
+`convert/vit_checkpoints.py`, re-exported here.
 
 Inputs are NHWC images normalized as `input_spec` says: the vit_jax/big_vision checkpoints and
 timm's `augreg` ViTs take images scaled to [-1, 1], i.e. mean = std = (0.5, 0.5, 0.5) on [0, 1]
@@ -42,31 +42,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ntk_zoo.models import checkpoints
-from ntk_zoo.models.adapters import from_linen
-from ntk_zoo.models.model import InputSpec, Model
-from ntk_zoo.models.registry import register
+from ntk_zoo.models import common
+from ntk_zoo.models.common import ImageSize
+from ntk_zoo.models.layers import MlpBlock, layer_norm, patch_embed
+from ntk_zoo.models.model import Model
 
 __all__ = [
-    "TINY", "VARIANTS", "ViTConfig", "VisionTransformer", "create", "decode_variant",
-    "init_params", "load_npz", "load_timm", "param_shapes", "vit_b16", "vit_b32", "vit_l16",
-    "vit_l32", "vit_s16", "vit_s32", "vit_ti16", "vit_ti32", "vit_tiny",
+    "POSEMB_KEY", "TINY", "VARIANTS", "WIDTHS", "ViTConfig", "VisionTransformer", "create",
+    "decode_variant", "load_npz", "load_timm", "make_module", "param_shapes", "vit_b16",
+    "vit_b32", "vit_l16", "vit_l32", "vit_s16", "vit_s32", "vit_ti16", "vit_ti32", "vit_tiny",
 ]
 
 # Where the position embedding lives in our tree (vit_jax's layout).
 POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
 
-# Preprocessing of vit_jax / big_vision / timm augreg checkpoints: [0, 1] -> [-1, 1].
-AUGREG_MEAN = (0.5, 0.5, 0.5)
-AUGREG_STD = (0.5, 0.5, 0.5)
+# vit_jax's kernel initializer (attention projections, MLP).
+XAVIER = nn.initializers.xavier_uniform()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,69 +84,8 @@ class ViTConfig:
   patch_size: int
 
 
-# Width name -> (hidden_size, mlp_dim, num_heads, num_layers).
-WIDTHS: dict[str, tuple[int, int, int, int]] = {
-    "Ti": (192, 768, 3, 12),     # Steiner et al. 2021 (DeiT-Ti).
-    "S": (384, 1536, 6, 12),     # Steiner et al. 2021 (DeiT-S).
-    "B": (768, 3072, 12, 12),    # Dosovitskiy et al. 2021, Table 1.
-    "L": (1024, 4096, 16, 24),   # Dosovitskiy et al. 2021, Table 1.
-    "H": (1280, 5120, 16, 32),   # Dosovitskiy et al. 2021, Table 1.
-}
-
-# The published variants with a registered factory: "B/16" etc.
-VARIANTS: dict[str, ViTConfig] = {
-    f"{w}/{p}": ViTConfig(*WIDTHS[w], patch_size=p) for w in ("Ti", "S", "B", "L") for p in (16, 32)
-}
-
-# A test-size ViT: 2 blocks of width 16, 2 heads, 4x4 patches (16 patches on 16x16 images).
-TINY = ViTConfig(hidden_size=16, mlp_dim=32, num_heads=2, num_layers=2, patch_size=4)
-
-
-def decode_variant(variant: str | ViTConfig) -> ViTConfig:
-  """Parses "B/16" (any width of `WIDTHS`, any patch size, e.g. "B/8", "H/14") or "tiny[/p]".
-
-  Args:
-    variant: "{width}/{patch}" string, or a `ViTConfig` (returned as is).
-
-  Returns:
-    The `ViTConfig`.
-
-  Raises:
-    ValueError: for an unknown width or a malformed string.
-  """
-  if isinstance(variant, ViTConfig):
-    return variant
-  m = re.fullmatch(r"([A-Za-z]+)(?:/(\d+))?", variant.strip())
-  if m is None:
-    raise ValueError(f"Cannot parse ViT variant {variant!r}; expected e.g. 'B/16' or 'tiny'.")
-  width, patch = m.group(1), m.group(2)
-  if width.lower() == "tiny":
-    return TINY if patch is None else dataclasses.replace(TINY, patch_size=int(patch))
-  if width not in WIDTHS or patch is None:
-    raise ValueError(f"Unknown ViT variant {variant!r}. Use '<width>/<patch>' with width in "
-                     f"{sorted(WIDTHS)} (e.g. 'B/16'), or 'tiny'.")
-  return ViTConfig(*WIDTHS[width], patch_size=int(patch))
-
-
 # --------------------------------------------------------------------------------------------------
 # Modules.
-
-
-class MlpBlock(nn.Module):
-  """Dense(mlp_dim) -> GELU -> Dense(D) on (N, L, D) tokens."""
-  mlp_dim: int
-  gelu_approximate: bool = False
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    dense = functools.partial(
-        nn.Dense, dtype=self.dtype, param_dtype=self.dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=nn.initializers.normal(stddev=1e-6))
-    y = dense(self.mlp_dim, name="Dense_0")(x)
-    y = nn.gelu(y, approximate=self.gelu_approximate)
-    return dense(x.shape[-1], name="Dense_1")(y)
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -168,7 +104,7 @@ class MultiHeadDotProductAttention(nn.Module):
     head_dim = d // self.num_heads
     proj = functools.partial(
         nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1, dtype=self.dtype,
-        param_dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())
+        param_dtype=self.dtype, kernel_init=XAVIER)
     q = proj(name="query")(x)  # (N, L, H, d_h)
     k = proj(name="key")(x)
     v = proj(name="value")(x)
@@ -177,7 +113,7 @@ class MultiHeadDotProductAttention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1)
     y = jnp.einsum("nhqk,nkhd->nqhd", weights, v)
     return nn.DenseGeneral(features=d, axis=(-2, -1), dtype=self.dtype, param_dtype=self.dtype,
-                           kernel_init=nn.initializers.xavier_uniform(), name="out")(y)
+                           kernel_init=XAVIER, name="out")(y)
 
 
 class Encoder1DBlock(nn.Module):
@@ -189,14 +125,13 @@ class Encoder1DBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    ln = functools.partial(nn.LayerNorm, epsilon=1e-6, use_fast_variance=False, dtype=self.dtype,
-                           param_dtype=self.dtype)
-    y = ln(name="LayerNorm_0")(x)
+    y = layer_norm(self.dtype, "LayerNorm_0")(x)
     y = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype,
                                      name="MultiHeadDotProductAttention_1")(y)
     x = x + y
-    y = ln(name="LayerNorm_2")(x)
-    y = MlpBlock(self.mlp_dim, self.gelu_approximate, dtype=self.dtype, name="MlpBlock_3")(y)
+    y = layer_norm(self.dtype, "LayerNorm_2")(x)
+    y = MlpBlock(self.mlp_dim, self.gelu_approximate, self.dtype, kernel_init=XAVIER,
+                 bias_init=nn.initializers.normal(stddev=1e-6), name="MlpBlock_3")(y)
     return x + y
 
 
@@ -225,8 +160,7 @@ class Encoder(nn.Module):
     for i in range(self.num_layers):
       x = Encoder1DBlock(self.mlp_dim, self.num_heads, self.gelu_approximate, dtype=self.dtype,
                          name=f"encoderblock_{i}")(x)
-    return nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, dtype=self.dtype,
-                        param_dtype=self.dtype, name="encoder_norm")(x)
+    return layer_norm(self.dtype, "encoder_norm")(x)
 
 
 class VisionTransformer(nn.Module):
@@ -256,12 +190,8 @@ class VisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     c = self.config
-    p = c.patch_size
-    check_patch_grid(images.shape[-3], images.shape[-2], p, "ViT")
-    x = nn.Conv(c.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                param_dtype=self.dtype, name="embedding")(images)
-    n, h, w, d = x.shape
-    x = jnp.reshape(x, (n, h * w, d))
+    x = patch_embed(images, c.hidden_size, c.patch_size, self.dtype, "embedding", "ViT")
+    n, _, d = x.shape
     if self.classifier == "token":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, d), self.dtype)
       x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, d)), x], axis=1)
@@ -280,39 +210,17 @@ class VisionTransformer(nn.Module):
 # Building models.
 
 
-def check_patch_grid(height: int, width: int, patch_size: int, model: str) -> None:
-  """Raises ValueError unless the image sides are positive multiples of the patch size.
-
-  A patch model (ViT, Mixer) cuts the image into non-overlapping p×p patches; a side smaller
-  than p has no patch, and a side that is not a multiple of p silently drops pixels.
-  """
-  bad = [s for s in (height, width) if s < patch_size or s % patch_size]
-  if not bad:
-    return
-  near = [max(patch_size, patch_size * round(s / patch_size)) for s in (height, width)]
-  raise ValueError(
-      f"{model} with {patch_size}x{patch_size} patches needs image sides that are positive "
-      f"multiples of {patch_size} (minimum {patch_size}: {patch_size}, {2 * patch_size}, "
-      f"{3 * patch_size}, ...); got {height}x{width}. Fix: use image_size="
-      f"{near[0] if near[0] == near[1] else tuple(near)} (or resize the images).")
-
-
-def _module(variant: str | ViTConfig, *, num_classes: int, classifier: str = "token",
-            representation_size: int | None = None, gelu_approximate: bool = False,
-            dtype: Any = jnp.float32) -> VisionTransformer:
+def make_module(variant: str | ViTConfig, *, num_classes: int, classifier: str = "token",
+                representation_size: int | None = None, gelu_approximate: bool = False,
+                dtype: Any = jnp.float32) -> VisionTransformer:
+  """The `VisionTransformer` of a variant (see `decode_variant`); arguments as `create`'s."""
   return VisionTransformer(decode_variant(variant), num_classes=num_classes, classifier=classifier,
                            representation_size=representation_size,
                            gelu_approximate=gelu_approximate, dtype=dtype)
 
 
-def _image_shape(image_size: int | tuple[int, int]) -> tuple[int, int, int]:
-  if isinstance(image_size, int):
-    return (image_size, image_size, 3)
-  return (int(image_size[0]), int(image_size[1]), 3)
-
-
 def param_shapes(variant: str | ViTConfig, *, num_classes: int = 1000,
-                 image_size: int | tuple[int, int] = 224, classifier: str = "token",
+                 image_size: ImageSize = 224, classifier: str = "token",
                  representation_size: int | None = None,
                  dtype: Any = jnp.float32) -> dict[str, jax.ShapeDtypeStruct]:
   """Flat `{key: ShapeDtypeStruct}` of a ViT's parameters, computed without allocating them.
@@ -328,69 +236,15 @@ def param_shapes(variant: str | ViTConfig, *, num_classes: int = 1000,
   Returns:
     `{"Transformer/encoder_norm/scale": ShapeDtypeStruct((D,), dtype), ...}`.
   """
-  module = _module(variant, num_classes=num_classes, classifier=classifier,
-                   representation_size=representation_size, dtype=dtype)
-  x = jax.ShapeDtypeStruct((1, *_image_shape(image_size)), dtype)
-  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
-  return checkpoints.flatten(shapes["params"])
+  module = make_module(variant, num_classes=num_classes, classifier=classifier,
+                       representation_size=representation_size, dtype=dtype)
+  return common.param_shapes(module, image_size, dtype)
 
 
-def _default_name(variant: str | ViTConfig) -> str:
-  return f"vit_{variant}" if isinstance(variant, str) else "vit"
-
-
-def _to_model(module: VisionTransformer, params: Any, image_size: int | tuple[int, int],
-              name: str) -> Model:
-  """`from_linen` of `module` with `params` (the inner "params" tree) as `{"params": params}`.
-
-  Equal modules share one `apply` function, hence one `jax.jit` cache (see `BoundApply`).
-  """
-  spec = InputSpec(shape=_image_shape(image_size), dtype=module.dtype, mean=AUGREG_MEAN,
-                   std=AUGREG_STD)
-  return from_linen(module, {"params": params}, input_spec=spec,
-                    num_classes=module.num_classes, name=name)
-
-
-# Flax's `init` draws one threefry sample per parameter. Measured (CPU seconds, 2 shared cores
-# under load): the tiny ViT initializes in ~5.5 s eagerly (one compilation per op and shape) but
-# ~1.6 s jit-compiled at XLA optimization level 0; for ViT-B/16 eager (~8 s) beats the unoptimized
-# program (~13 s), whose 86M draws then run slowly. So small models take the unoptimized jit
-# (compiled once per configuration), large ones run eagerly.
-INIT_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
-_JIT_INIT_MAX_PARAMS = 2_000_000
-
-
-@functools.cache
-def _compiled_init(module: nn.Module, shape: tuple[int, ...], dtype: Any):
-  """`key -> params` compiled at `INIT_COMPILER_OPTIONS`, or None for a large model."""
-  x = jax.ShapeDtypeStruct(shape, dtype)
-  lowered = jax.jit(lambda k: module.lazy_init(k, x)["params"]).lower(jax.random.PRNGKey(0))
-  size = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(lowered.out_info))
-  return lowered.compile(INIT_COMPILER_OPTIONS) if size <= _JIT_INIT_MAX_PARAMS else None
-
-
-def init_params(module: nn.Module, x: jax.ShapeDtypeStruct, seed: int) -> Any:
-  """The "params" collection of `module.lazy_init(PRNGKey(seed), x)` (no forward computation).
-
-  Args:
-    module: a Linen module with `__call__(images)`.
-    x: shape/dtype of a batch of inputs.
-    seed: PRNG seed.
-
-  Returns:
-    The parameter tree; the same values for the same (module, x, seed) on every call.
-  """
-  key = jax.random.PRNGKey(seed)
-  compiled = _compiled_init(module, tuple(x.shape), jnp.dtype(x.dtype))
-  if compiled is not None:
-    return compiled(key)
-  return module.lazy_init(key, x)["params"]
-
-
-def create(variant: str | ViTConfig, *, num_classes: int = 1000,
-           image_size: int | tuple[int, int] = 224, seed: int = 0, dtype: Any = jnp.float32,
-           gelu_approximate: bool = False, classifier: str = "token",
-           representation_size: int | None = None, name: str | None = None) -> Model:
+def create(variant: str | ViTConfig, *, num_classes: int = 1000, image_size: ImageSize = 224,
+           seed: int = 0, dtype: Any = jnp.float32, gelu_approximate: bool = False,
+           classifier: str = "token", representation_size: int | None = None,
+           name: str | None = None) -> Model:
   """A randomly initialized ViT as a `Model`.
 
   Args:
@@ -409,42 +263,57 @@ def create(variant: str | ViTConfig, *, num_classes: int = 1000,
     `Model` with `apply(params, x)`: x (N, H, W, 3) -> logits (N, num_classes), and
     `params = {"params": tree}` (the layout of `adapters.from_linen`).
   """
-  module = _module(variant, num_classes=num_classes, classifier=classifier,
-                   representation_size=representation_size, gelu_approximate=gelu_approximate,
-                   dtype=dtype)
-  params = init_params(module, jax.ShapeDtypeStruct((1, *_image_shape(image_size)), dtype), seed)
-  return _to_model(module, params, image_size, name or _default_name(variant))
+  module = make_module(variant, num_classes=num_classes, classifier=classifier,
+                       representation_size=representation_size,
+                       gelu_approximate=gelu_approximate, dtype=dtype)
+  return common.create_patch_model(module, image_size=image_size, seed=seed,
+                                   name=name or common.default_name("vit", variant))
 
 
-def _registered(name: str, variant: str, default_image_size: int = 224,
-                default_num_classes: int = 1000):
-  """Registers `name` as a factory of `variant` and returns the factory."""
+# --------------------------------------------------------------------------------------------------
+# Variants.
 
-  def factory(*, num_classes: int = default_num_classes,
-              image_size: int | tuple[int, int] = default_image_size, seed: int = 0,
-              dtype: Any = jnp.float32, gelu_approximate: bool = False) -> Model:
-    return create(variant, num_classes=num_classes, image_size=image_size, seed=seed, dtype=dtype,
-                  gelu_approximate=gelu_approximate, name=name)
+# Width name -> (hidden_size, mlp_dim, num_heads, num_layers).
+WIDTHS: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (192, 768, 3, 12),     # Steiner et al. 2021 (DeiT-Ti).
+    "S": (384, 1536, 6, 12),     # Steiner et al. 2021 (DeiT-S).
+    "B": (768, 3072, 12, 12),    # Dosovitskiy et al. 2021, Table 1.
+    "L": (1024, 4096, 16, 24),   # Dosovitskiy et al. 2021, Table 1.
+    "H": (1280, 5120, 16, 32),   # Dosovitskiy et al. 2021, Table 1.
+}
 
-  factory.__name__ = factory.__qualname__ = name
-  factory.__doc__ = (
-      f"ViT-{variant} (class token, no pre_logits) as a randomly initialized `Model`.\n\n"
-      f"Args: num_classes (default {default_num_classes}), image_size (default "
-      f"{default_image_size}), seed, dtype, gelu_approximate: see `vit.create`.\n\n"
-      "Returns: `Model`; apply(params, x): (N, H, W, 3) -> (N, num_classes).")
-  return register(name)(factory)
+# The published variants with a registered factory: "B/16" etc.
+VARIANTS: dict[str, ViTConfig] = {
+    f"{w}/{p}": ViTConfig(*WIDTHS[w], patch_size=p) for w in ("Ti", "S", "B", "L") for p in (16, 32)
+}
+
+# A test-size ViT: 2 blocks of width 16, 2 heads, 4x4 patches (16 patches on 16x16 images).
+TINY = ViTConfig(hidden_size=16, mlp_dim=32, num_heads=2, num_layers=2, patch_size=4)
 
 
-vit_ti16 = _registered("vit_ti16", "Ti/16")
-vit_s16 = _registered("vit_s16", "S/16")
-vit_b16 = _registered("vit_b16", "B/16")
-vit_l16 = _registered("vit_l16", "L/16")
-vit_ti32 = _registered("vit_ti32", "Ti/32")
-vit_s32 = _registered("vit_s32", "S/32")
-vit_b32 = _registered("vit_b32", "B/32")
-vit_l32 = _registered("vit_l32", "L/32")
+def decode_variant(variant: str | ViTConfig) -> ViTConfig:
+  """Parses "B/16" (any width of `WIDTHS`, any patch size, e.g. "B/8", "H/14") or "tiny[/p]".
+
+  Raises:
+    ValueError: for an unknown width or a malformed string.
+  """
+  return common.decode_variant(variant, config=ViTConfig, widths=WIDTHS, tiny=TINY, family="ViT")
+
+
+_TITLE = "ViT-{0} (class token, no pre_logits)"
+
+vit_ti16 = common.register_patch_variant("vit_ti16", create, "Ti/16", title=_TITLE)
+vit_s16 = common.register_patch_variant("vit_s16", create, "S/16", title=_TITLE)
+vit_b16 = common.register_patch_variant("vit_b16", create, "B/16", title=_TITLE)
+vit_l16 = common.register_patch_variant("vit_l16", create, "L/16", title=_TITLE)
+vit_ti32 = common.register_patch_variant("vit_ti32", create, "Ti/32", title=_TITLE)
+vit_s32 = common.register_patch_variant("vit_s32", create, "S/32", title=_TITLE)
+vit_b32 = common.register_patch_variant("vit_b32", create, "B/32", title=_TITLE)
+vit_l32 = common.register_patch_variant("vit_l32", create, "L/32", title=_TITLE)
 # 2 blocks, width 16, 2 heads, 4x4 patches on 16x16 images, 10 classes: for tests.
-vit_tiny = _registered("vit_tiny", "tiny/4", default_image_size=16, default_num_classes=10)
+vit_tiny = common.register_patch_variant("vit_tiny", create, "tiny/4", title=_TITLE,
+                                         image_size=16, num_classes=10)
 
 
-from ntk_zoo.models.vit_checkpoints import load_npz, load_timm  # noqa: E402  (built on the above)
+# vit_jax / big_vision / timm checkpoints (built on the above).
+from ntk_zoo.models.convert.vit_checkpoints import load_npz, load_timm  # noqa: E402

@@ -40,11 +40,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ntk_zoo.models.model import InputSpec, Model
-from ntk_zoo.models.registry import register
+from ntk_zoo.models import common
+from ntk_zoo.models.common import Differentiate, linen_model
 # Same conv (kaiming fan_out init, torch-style symmetric padding) and BatchNorm as torchvision.
-from ntk_zoo.models.resnet import Differentiate, _bn, _conv, init_variables, linen_model
-from ntk_zoo.ntk.typing import PyTree
+from ntk_zoo.models.layers import check_nhwc, torch_bn, torch_conv
+from ntk_zoo.models.model import Model
+
+__all__ = [
+    "CIFAR10_MEAN", "CIFAR10_STD", "NTK_VARIANTS", "NTKBlock", "NTKConv", "NTKDense",
+    "PreActBlock", "VARIANTS", "Variant", "WideResNet", "WideResNetNTK", "block_size_of",
+    "create", "create_ntk",
+]
 
 Parameterization = Literal["ntk", "standard"]
 
@@ -85,24 +91,6 @@ class Variant:
   @property
   def block_size(self) -> int:
     return block_size_of(self.depth)
-
-
-# Zagoruyko & Komodakis 2016, Table 4 (CIFAR-10 parameter counts in millions); "wrn_tiny" is for
-# tests.
-VARIANTS: dict[str, Variant] = {
-    "wrn16_8": Variant(16, 8, published_params=11.0),
-    "wrn28_10": Variant(28, 10, published_params=36.5),
-    "wrn40_4": Variant(40, 4, published_params=8.9),
-    "wrn_tiny": Variant(10, 1, image_size=8),
-}
-
-# Novak et al. 2020 (neural-tangents `WideResnet(block_size=4, k, num_classes=10)`); "wrn_ntk_tiny"
-# is for tests.
-NTK_VARIANTS: dict[str, Variant] = {
-    "wrn_ntk28_1": Variant(28, 1),
-    "wrn_ntk28_10": Variant(28, 10),
-    "wrn_ntk_tiny": Variant(10, 1, image_size=8),
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,8 +236,7 @@ class WideResNetNTK(nn.Module):
       (N, num_classes) logits.
     """
     del train
-    if x.ndim != 4:
-      raise ValueError(f"WideResNetNTK expects NHWC inputs (N, H, W, C); got shape {x.shape}.")
+    check_nhwc(x, "WideResNetNTK")
     if self.block_size < 1:
       raise ValueError(f"block_size must be >= 1; got {self.block_size}.")
     x = x.astype(self.dtype)
@@ -285,12 +272,12 @@ class PreActBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """(N, H, W, C) -> (N, H / strides, W / strides, features)."""
-    o = nn.relu(_bn(train, self.dtype, "bn1")(x))
-    y = _conv(self.features, 3, self.strides, self.dtype, "conv1")(o)
-    y = nn.relu(_bn(train, self.dtype, "bn2")(y))
-    y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
+    o = nn.relu(torch_bn(train, self.dtype, "bn1")(x))
+    y = torch_conv(self.features, 3, self.strides, self.dtype, "conv1")(o)
+    y = nn.relu(torch_bn(train, self.dtype, "bn2")(y))
+    y = torch_conv(self.features, 3, 1, self.dtype, "conv2")(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      x = _conv(self.features, 1, self.strides, self.dtype, "shortcut")(o)
+      x = torch_conv(self.features, 1, self.strides, self.dtype, "shortcut")(o)
     return y + x
 
 
@@ -323,15 +310,14 @@ class WideResNet(nn.Module):
       (N, num_classes) logits.
     """
     n = block_size_of(self.depth)
-    if x.ndim != 4:
-      raise ValueError(f"WideResNet expects NHWC inputs (N, H, W, C); got shape {x.shape}.")
+    check_nhwc(x, "WideResNet")
     x = x.astype(self.dtype)
-    x = _conv(16, 3, 1, self.dtype, "conv1")(x)
+    x = torch_conv(16, 3, 1, self.dtype, "conv1")(x)
     for g, (width, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
       for j in range(n):
         x = PreActBlock(int(width * self.k), stride if j == 0 else 1, dtype=self.dtype,
                         name=f"group{g + 1}_{j}")(x, train)
-    x = nn.relu(_bn(train, self.dtype, "bn")(x))
+    x = nn.relu(torch_bn(train, self.dtype, "bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="fc")(x)
 
@@ -340,25 +326,17 @@ class WideResNet(nn.Module):
 # Factories.
 
 
-def _input_spec(image_size: int, dtype: Any) -> InputSpec:
-  return InputSpec(shape=(image_size, image_size, 3), dtype=dtype, mean=CIFAR10_MEAN,
-                   std=CIFAR10_STD)
+def _model(module: nn.Module, *, image_size: int, seed: int, dtype: Any,
+           differentiate: Differentiate, name: str) -> Model:
+  variables = common.init_variables(module, image_size, seed=seed, dtype=dtype)
+  return linen_model(module, variables, differentiate=differentiate,
+                     input_spec=common.image_spec(image_size, dtype, CIFAR10_MEAN, CIFAR10_STD),
+                     num_classes=module.num_classes, name=name)
 
 
-def _init(module: nn.Module, image_size: int, seed: int, dtype: Any) -> PyTree:
-  return init_variables(module, (1, image_size, image_size, 3), seed, dtype)
-
-
-def abstract_variables(module: nn.Module, image_size: int = 32,
-                       dtype: Any = jnp.float32) -> PyTree:
-  """The module's variables as `jax.ShapeDtypeStruct`s (nothing is allocated or computed)."""
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), dtype)
-  return jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
-
-
-def build(depth: int, k: int, *, num_classes: int = 10, image_size: int = 32, seed: int = 0,
-          dtype: Any = jnp.float32, differentiate: Differentiate = "params",
-          name: str | None = None) -> Model:
+def create(depth: int, k: int, *, num_classes: int = 10, image_size: int = 32, seed: int = 0,
+           dtype: Any = jnp.float32, differentiate: Differentiate = "params",
+           name: str | None = None) -> Model:
   """A randomly initialized Zagoruyko–Komodakis WRN-depth-k as a `Model`.
 
   Args:
@@ -369,7 +347,7 @@ def build(depth: int, k: int, *, num_classes: int = 10, image_size: int = 32, se
     seed: PRNG seed of the initialization.
     dtype: parameter, input and computation dtype.
     differentiate: "params" (BatchNorm running statistics closed over as `state`) or "all"
-      (see `resnet.linen_model`).
+      (see `common.linen_model`).
     name: model name (default "wrn{depth}_{k}").
 
   Returns:
@@ -378,16 +356,15 @@ def build(depth: int, k: int, *, num_classes: int = 10, image_size: int = 32, se
   """
   block_size_of(depth)
   module = WideResNet(depth=depth, k=k, num_classes=num_classes, dtype=dtype)
-  return linen_model(module, _init(module, image_size, seed, dtype), differentiate=differentiate,
-                     input_spec=_input_spec(image_size, dtype), num_classes=num_classes,
-                     name=name or f"wrn{depth}_{k}")
+  return _model(module, image_size=image_size, seed=seed, dtype=dtype,
+                differentiate=differentiate, name=name or f"wrn{depth}_{k}")
 
 
-def build_ntk(depth: int, k: int, *, num_classes: int = 10, image_size: int = 32, seed: int = 0,
-              dtype: Any = jnp.float32, differentiate: Differentiate = "params",
-              parameterization: Parameterization = "ntk", W_std: float = 1.0,  # noqa: N803
-              b_std: float | None = 0.0, always_project_first: bool = True,
-              name: str | None = None) -> Model:
+def create_ntk(depth: int, k: int, *, num_classes: int = 10, image_size: int = 32,
+               seed: int = 0, dtype: Any = jnp.float32, differentiate: Differentiate = "params",
+               parameterization: Parameterization = "ntk", W_std: float = 1.0,  # noqa: N803
+               b_std: float | None = 0.0, always_project_first: bool = True,
+               name: str | None = None) -> Model:
   """A randomly initialized NTK-literature WRN-depth-k (no BatchNorm) as a `Model`.
 
   Args:
@@ -412,26 +389,35 @@ def build_ntk(depth: int, k: int, *, num_classes: int = 10, image_size: int = 32
   module = WideResNetNTK(block_size=block_size_of(depth), k=k, num_classes=num_classes,
                          W_std=W_std, b_std=b_std, parameterization=parameterization,
                          always_project_first=always_project_first, dtype=dtype)
-  return linen_model(module, _init(module, image_size, seed, dtype), differentiate=differentiate,
-                     input_spec=_input_spec(image_size, dtype), num_classes=num_classes,
-                     name=name or f"wrn_ntk{depth}_{k}")
+  return _model(module, image_size=image_size, seed=seed, dtype=dtype,
+                differentiate=differentiate, name=name or f"wrn_ntk{depth}_{k}")
 
 
-def _factory(name: str, v: Variant, builder: Callable[..., Model]) -> Callable[..., Model]:
+# ----------------------------------------------------------------------------------------------
+# Variants.
 
-  def factory(*, num_classes: int = v.num_classes, image_size: int = v.image_size,
-              seed: int = 0, dtype: Any = jnp.float32, differentiate: Differentiate = "params",
-              **kwargs: Any) -> Model:
-    return builder(v.depth, v.k, num_classes=num_classes, image_size=image_size, seed=seed,
-                   dtype=dtype, differentiate=differentiate, name=name, **kwargs)
+# Zagoruyko & Komodakis 2016, Table 4 (CIFAR-10 parameter counts in millions); "wrn_tiny" is for
+# tests.
+VARIANTS: dict[str, Variant] = {
+    "wrn16_8": Variant(16, 8, published_params=11.0),
+    "wrn28_10": Variant(28, 10, published_params=36.5),
+    "wrn40_4": Variant(40, 4, published_params=8.9),
+    "wrn_tiny": Variant(10, 1, image_size=8),
+}
 
-  factory.__name__ = factory.__qualname__ = name
-  factory.__doc__ = (f"Randomly initialized {name} (WRN-{v.depth}-{v.k}) as a `Model`; see "
-                     f"`ntk_zoo.models.wide_resnet.{builder.__name__}` for the arguments.")
-  return factory
+# Novak et al. 2020 (neural-tangents `WideResnet(block_size=4, k, num_classes=10)`); "wrn_ntk_tiny"
+# is for tests.
+NTK_VARIANTS: dict[str, Variant] = {
+    "wrn_ntk28_1": Variant(28, 1),
+    "wrn_ntk28_10": Variant(28, 10),
+    "wrn_ntk_tiny": Variant(10, 1, image_size=8),
+}
 
-
-for _name, _v in VARIANTS.items():
-  register(_name)(_factory(_name, _v, build))
-for _name, _v in NTK_VARIANTS.items():
-  register(_name)(_factory(_name, _v, build_ntk))
+_FACTORIES: tuple[tuple[dict[str, Variant], Callable[..., Model]], ...] = (
+    (VARIANTS, create), (NTK_VARIANTS, create_ntk))
+for _table, _create in _FACTORIES:
+  for _name, _v in _table.items():
+    common.register_variant(
+        _name, _create, _v.depth, _v.k, num_classes=_v.num_classes, image_size=_v.image_size,
+        doc=f"Randomly initialized {_name} (WRN-{_v.depth}-{_v.k}) as a `Model`; see "
+            f"`ntk_zoo.models.wide_resnet.{_create.__name__}` for the arguments.")

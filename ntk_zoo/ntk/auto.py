@@ -19,6 +19,7 @@ import numpy as np
 from ntk_zoo.ntk.cost import BYTES_WEIGHT, Estimate
 from ntk_zoo.ntk.memory import BudgetError, Plan, fmt_bytes
 from ntk_zoo.ntk.problem import Problem
+from ntk_zoo.ntk.typing import Engine
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ VERIFY_FRACTION = 0.3
 MAX_REPLANS = 3
 
 
-def choose(problem: Problem, budget: int, engines: dict, verify: bool = False) -> Decision:
+def choose(problem: Problem, budget: int, engines: dict[str, Engine],
+           verify: bool = False) -> Decision:
   """Plans every engine and picks the cheapest plan that fits `budget`.
 
   With `verify`, a plan estimated to use more than `VERIFY_FRACTION` of the budget is compiled
@@ -78,7 +80,7 @@ def choose(problem: Problem, budget: int, engines: dict, verify: bool = False) -
     raise _checked_budget_error(problem, engines, e) from None
 
 
-def _verified(problem: Problem, budget: int, engines: dict) -> Decision:
+def _verified(problem: Problem, budget: int, engines: dict[str, Engine]) -> Decision:
   """`_choose`, with plans near the budget checked against XLA's count and redone."""
   calibration: dict[str, dict[str, float]] = {}
   decision = _choose(problem, budget, calibration, engines)
@@ -108,7 +110,8 @@ def _verified(problem: Problem, budget: int, engines: dict) -> Decision:
   return decision
 
 
-def _checked_budget_error(problem: Problem, engines: dict, error: BudgetError) -> BudgetError:
+def _checked_budget_error(problem: Problem, engines: dict[str, Engine],
+                          error: BudgetError) -> BudgetError:
   """`error`, with the budget it names checked against XLA: the smallest plan is made for
   that budget and compiled; if XLA needs more (fixed overheads the estimates leave out weigh
   most on small problems), the budget named is raised until a plan fits XLA's count."""
@@ -129,7 +132,7 @@ def _checked_budget_error(problem: Problem, engines: dict, error: BudgetError) -
   return BudgetError(msg, needed)
 
 
-def compiled_peak(problem: Problem, engine, plan: Plan) -> int | None:
+def compiled_peak(problem: Problem, engine: Engine, plan: Plan) -> int | None:
   """XLA's peak for the kernel alone under `plan` (None if it cannot be compiled apart)."""
   abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype),
                                     (problem.params, problem.x1, problem.x2))
@@ -149,7 +152,8 @@ def compiled_peak(problem: Problem, engine, plan: Plan) -> int | None:
              - ma.alias_size_in_bytes)
 
 
-def _choose(problem: Problem, budget: int, calibration: dict, engines: dict) -> Decision:
+def _choose(problem: Problem, budget: int, calibration: dict[str, dict[str, float]],
+            engines: dict[str, Engine]) -> Decision:
   plans: dict[str, Plan | str] = {}
   errors: dict[str, BudgetError] = {}
   for name, engine in engines.items():

@@ -23,7 +23,7 @@ from ntk_zoo.ntk.memory import BudgetError, Plan, fmt_bytes
 from ntk_zoo.ntk.options import Role
 from ntk_zoo.ntk.problem import Problem
 from ntk_zoo.ntk.structured import flatten
-from ntk_zoo.ntk.typing import PyTree
+from ntk_zoo.ntk.typing import Engine, PyTree
 
 
 def full_kernel(f: Callable, params: PyTree, x1: PyTree, x2: PyTree, leaf: int,
@@ -85,7 +85,7 @@ def _copies(problem: Problem, pe) -> tuple[int, int, int]:
   return n1 * n2 if Role.PAIR in roles else n1, n1, n2  # diagonal/traced: one vmap over (i, i)
 
 
-class VectorProductEngine:
+class VectorProductEngine(Engine):
   """NTK-vector products with the column chunk sized to the memory budget."""
 
   name = "ntk_vector_products"
@@ -94,23 +94,24 @@ class VectorProductEngine:
            calibration: dict[str, float] | None = None) -> Plan:
     full_budget = budget
     budget = int(budget / (calibration or {}).get("chunks", 1.0))
-    from ntk_zoo.ntk.structured import engine as sweep_engine  # pylint: disable=g-import-not-at-top
     from ntk_zoo.ntk.structured import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
-    prep = sweep_engine.JACOBIAN.prepare(problem)
+    from ntk_zoo.ntk.structured.blocking import letters  # pylint: disable=g-import-not-at-top
+    from ntk_zoo.ntk.structured.engine import JACOBIAN  # pylint: disable=g-import-not-at-top
+    from ntk_zoo.ntk.structured.sides import AbstractSide  # pylint: disable=g-import-not-at-top
+    prep = JACOBIAN.prepare(problem)
     program, pe = prep.lp.program, prep.pe
     pairs, n1, n2 = _copies(problem, pe)
     param_bytes = sum(math.prod(np.shape(l)) * np.dtype(l.dtype).itemsize
                       for l in jax.tree_util.tree_leaves(problem.params))
     # Per column: the parameter tangent, plus the working set of one backward/forward pass,
     # measured as the Jacobian sweep's live cotangents for one row.
-    side = sweep_lib.AbstractSide(program, 1, prep.lp.batched)
+    side = AbstractSide(program, 1, prep.lp.batched)
     work = 0
     for m, leaf in enumerate(prep.leaves):
       probe = sweep_lib.Probe()
       cts0 = [jax.ShapeDtypeStruct((1, 1, *leaf.shapes[0]), leaf.dtype)]
       s1, s2 = leaf.shapes
-      spec = sweep_lib.SweepSpec(m, sweep_engine._letters(leaf),  # pylint: disable=protected-access
-                                 ((1,) * len(s1), (1,) * len(s2)))
+      spec = sweep_lib.SweepSpec(m, letters(leaf), ((1,) * len(s1), (1,) * len(s2)))
       sweep_lib.sweep(program, [side], cts0, spec, probe=probe)
       work = max(work, probe.peak_live)
     # Under vmap a value is batched only over what it depends on: x1's linearization residuals

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # Annotations only: these modules import this one.
   from ntk_zoo.ntk.api import Implementation
   from ntk_zoo.ntk.auto import Decision
+  from ntk_zoo.ntk.memory import Plan
   from ntk_zoo.ntk.options import NTKOptions
+  from ntk_zoo.ntk.problem import Problem
 
 PyTree = Any
 Axes = tuple[int, ...]
@@ -22,14 +24,16 @@ class Engine(Protocol):
   """An NTK implementation: `plan` sizes the computation to a memory budget, `kernel` runs it.
 
   `plan(problem, budget)` returns a `Plan` (or raises `BudgetError` naming the smallest budget
-  that would work) without running anything heavy; `kernel(problem, plan)` computes the kernels,
-  one per output leaf, with the shapes `ntk_fn` documents.
+  that would work) without running anything heavy; `calibration` (from `auto`'s check against
+  XLA) maps a plan kind to the factor by which XLA's peak exceeded the estimate. `kernel(problem,
+  plan)` computes the kernels, one per output leaf, with the shapes `ntk_fn` documents.
   """
   name: str
 
-  def plan(self, problem: Any, budget: int) -> Any: ...
+  def plan(self, problem: Problem, budget: int,
+           calibration: dict[str, float] | None = None) -> Plan: ...
 
-  def kernel(self, problem: Any, plan: Any) -> PyTree: ...
+  def kernel(self, problem: Problem, plan: Plan) -> PyTree: ...
 
 
 class KernelFn(Protocol):

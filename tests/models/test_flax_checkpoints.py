@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx, serialization
 
-from ntk_zoo.models import Model, flax_checkpoints
+from ntk_zoo.models import Model
 from ntk_zoo.models.adapters import from_haiku, from_linen, from_nnx
-from ntk_zoo.models.checkpoints import CheckpointMismatchError
+from ntk_zoo.models.convert import flax_checkpoints
+from ntk_zoo.models.convert.checkpoints import CheckpointMismatchError
 
 FORMATS = ("msgpack", "orbax")
 D_IN, NUM_CLASSES = 5, 3

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ntk_zoo
-from ntk_zoo.models import flax_checkpoints, loading
+from ntk_zoo.models.convert import flax_checkpoints, loading
 
 
 def test_random_init_and_family():

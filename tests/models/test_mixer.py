@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import ntk_zoo.models
-from ntk_zoo.models import checkpoints, mixer
-from ntk_zoo.models.checkpoints import CheckpointMismatchError
+from ntk_zoo.models import mixer
+from ntk_zoo.models.convert import checkpoints
+from ntk_zoo.models.convert.checkpoints import CheckpointMismatchError
 from ntk_zoo.testing import max_normalized_error as rel_err
 
 # A small Mixer for the file tests: width 32, 2 blocks, 16x16 patches on 32x32 images (4 tokens).

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 import ntk_zoo.models
-from ntk_zoo.models import flax_checkpoints, resnet
+from ntk_zoo.models import common, resnet
 from ntk_zoo.models.adapters import BoundApply
-from ntk_zoo.models.checkpoints import CheckpointMismatchError
+from ntk_zoo.models.convert import flax_checkpoints
+from ntk_zoo.models.convert.checkpoints import CheckpointMismatchError
 from ntk_zoo.testing import max_normalized_error as rel_err
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +136,7 @@ def torch_resnet_forward(sd: dict[str, np.ndarray], arch: str, x_nchw: np.ndarra
 
 
 def count(arch: str, num_classes: int = 1000) -> int:
-  variables = resnet.abstract_variables(resnet.make_module(arch, num_classes=num_classes),
+  variables = common.abstract_variables(resnet.make_module(arch, num_classes=num_classes),
                                         image_size=64)
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables["params"]))
 
@@ -344,7 +345,7 @@ def test_torch_module_names():
 
 
 def test_torch_convert_layouts_and_errors():
-  from ntk_zoo.models import torch_convert  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models.convert import torch_convert  # pylint: disable=g-import-not-at-top
   w = np.arange(2 * 3 * 5 * 7, dtype=np.float32).reshape(2, 3, 5, 7)  # (O, I, kH, kW)
   k = torch_convert.conv_kernel_from_torch(w)
   assert k.shape == (5, 7, 3, 2) and k[4, 6, 2, 1] == w[1, 2, 4, 6]

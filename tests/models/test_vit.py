@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 import ntk_zoo.models
-from ntk_zoo.models import checkpoints, npz_convert, vit
-from ntk_zoo.models.checkpoints import CheckpointMismatchError
+from ntk_zoo.models import vit
+from ntk_zoo.models.convert import checkpoints, npz_convert
+from ntk_zoo.models.convert.checkpoints import CheckpointMismatchError
 from ntk_zoo.testing import max_normalized_error as rel_err
 
 # A small ViT used for the file tests: width 32, 4 heads, 2 blocks, 8x8 patches on 32x32 images.

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import ntk_zoo.models
-from ntk_zoo.models import checkpoints, wide_resnet
+from ntk_zoo.models import common, wide_resnet
+from ntk_zoo.models.convert import checkpoints
 from ntk_zoo.testing import max_normalized_error as rel_err
 
 
@@ -50,14 +51,14 @@ def ntk_tiny():
 @pytest.mark.parametrize("name", ["wrn16_8", "wrn28_10", "wrn40_4"])
 def test_zk_parameter_counts_match_the_paper(name):
   v = wide_resnet.VARIANTS[name]
-  params = wide_resnet.abstract_variables(wide_resnet.WideResNet(depth=v.depth, k=v.k))["params"]
+  params = common.abstract_variables(wide_resnet.WideResNet(depth=v.depth, k=v.k))["params"]
   assert round(count(params) / 1e6, 1) == v.published_params
 
 
 def test_wrn28_10_exact_parameter_count():
   # 36,479,194: the count torch ports of the authors' code report for CIFAR-10.
   module = wide_resnet.WideResNet(depth=28, k=10, num_classes=10)
-  assert count(wide_resnet.abstract_variables(module)["params"]) == 36_479_194
+  assert count(common.abstract_variables(module)["params"]) == 36_479_194
 
 
 def test_ntk_wrn_parameter_count_by_hand():
@@ -69,7 +70,7 @@ def test_ntk_wrn_parameter_count_by_hand():
     expected += cin * w * 9 + w * w * 9 + cin * w * 9
     cin = w
   expected += 64 * 10 + 10
-  assert count(wide_resnet.abstract_variables(module)) == expected
+  assert count(common.abstract_variables(module)) == expected
 
 
 @pytest.mark.parametrize("name", ["wrn28_10", "wrn_ntk28_10", "wrn_ntk28_1", "wrn16_8"])
@@ -79,7 +80,7 @@ def test_big_variants_output_shapes(name):
   module = (wide_resnet.WideResNetNTK(block_size=v.block_size, k=v.k) if "ntk" in name
             else wide_resnet.WideResNet(depth=v.depth, k=v.k))
   x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
-  variables = wide_resnet.abstract_variables(module)
+  variables = common.abstract_variables(module)
   assert jax.eval_shape(module.apply, variables, x).shape == (2, 10)
 
 
@@ -95,7 +96,7 @@ def test_tiny_forward_shapes(request, fixture):
 
 def test_image_size_is_settable():
   module = wide_resnet.WideResNet(depth=10, k=1, num_classes=4)
-  variables = wide_resnet.abstract_variables(module, image_size=40)
+  variables = common.abstract_variables(module, image_size=40)
   x = jax.ShapeDtypeStruct((1, 40, 40, 3), jnp.float32)
   assert jax.eval_shape(module.apply, variables, x).shape == (1, 4)
 
@@ -125,7 +126,7 @@ def test_ntk_shortcuts_follow_neural_tangents(ntk_tiny):
   assert {g for g in params if "shortcut" in params[g]} == {
       "group1_0", "group2_0", "group3_0"}
   module = wide_resnet.WideResNetNTK(block_size=2, k=1, always_project_first=False)
-  params = wide_resnet.abstract_variables(module, image_size=8)["params"]
+  params = common.abstract_variables(module, image_size=8)["params"]
   assert {g for g in params if "shortcut" in params[g]} == {"group2_0", "group3_0"}
 
 

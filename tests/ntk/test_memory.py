@@ -24,6 +24,8 @@ from ntk_zoo.ntk.memory import BudgetError, Plan
 from ntk_zoo.ntk.options import NTKOptions, VmapAxes
 from ntk_zoo.ntk.problem import Problem
 from ntk_zoo.ntk.structured import engine as sweep_engine
+from ntk_zoo.ntk.structured import planning
+from ntk_zoo.ntk.structured.blocking import Blocks
 from ntk_zoo.testing import assert_ntk_close, reference_ntk
 
 O = 12
@@ -93,10 +95,9 @@ def _sweep_plans(engine, prob, thorough: bool):
   size = leaf.shapes[0][leaf.block_axis]
   plans = [(leaf.block_axis, size, 1, 0), (leaf.block_axis, 5, 3, 0),
            (leaf.block_axis, 2, 6, 0)]
-  keep: list = []
-  engine._estimate(prep, prob, 0, sweep_engine._Blocks(leaf.block_axis, size, 1),  # pylint: disable=protected-access
-                   10 ** 9, keep)
-  cuts = [t for t, _ in keep[0].cuts if 0 < t < len(prep.lp.program.g_eqns)]
+  whole = planning._estimate(  # pylint: disable=protected-access
+      prep, prob, 0, Blocks(leaf.block_axis, size, 1), 10 ** 9)
+  cuts = [t for t, _ in whole.probe.cuts if 0 < t < len(prep.lp.program.g_eqns)]
   if leaf.block_role() is ntk_zoo.ntk.options.Role.PAIR:
     if thorough:
       for t in cuts[:: max(1, len(cuts) // 4)]:
@@ -231,6 +232,6 @@ def test_default_budget_is_a_fraction_of_free_memory():
     (13, 5, (3, 5)),         # 13 is prime: no exact division within 2x the fewest blocks.
     (7, 1, (7, 1))])
 def test_split_blocks_divide_the_rows_when_they_can(size, b_max, expected):
-  n, b = sweep_engine._split_blocks(size, b_max)  # pylint: disable=protected-access
+  n, b = planning._split_blocks(size, b_max)  # pylint: disable=protected-access
   assert (n, b) == expected
   assert b <= b_max and n * b >= size

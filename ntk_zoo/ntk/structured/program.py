@@ -315,20 +315,24 @@ def trace_program(f1: Callable, params: PyTree, example: PyTree, *,
     example: one example (arrays or ShapeDtypeStructs).
     materialize: cut every leaf at its tangent (Jacobian contraction).
   """
-  holder: list[Program] = []
+  program: Program | None = None
 
   def consts_of(p, xi):
+    # Traced once by `make_jaxpr`, on abstract values: the program is analyzed where the
+    # linear jaxpr exists, and the traced consts show which depend on the example.
+    nonlocal program
     closed = linearized_jaxpr(f1, p, xi)
-    if not holder:
-      holder.append(build_program(flatten(closed), len(closed.consts), materialize))
+    if program is None:
+      program = build_program(flatten(closed), len(closed.consts), materialize)
     return closed.consts
 
   abstract = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), (params, example))
   outer = jax.make_jaxpr(consts_of)(*abstract)
+  assert program is not None  # Set by the trace of `consts_of` above.
   n_params = len(jax.tree_util.tree_leaves(params))
   batched = _depends_on(outer.jaxpr, set(outer.jaxpr.invars[n_params:]))
-  return LinearProgram(holder[0], tuple(batched), f1)
+  return LinearProgram(program, tuple(batched), f1)
 
 
 def _depends_on(jaxpr: C.Jaxpr, sources: set) -> list[bool]:

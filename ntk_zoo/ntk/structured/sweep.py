@@ -13,8 +13,9 @@ sweep above it (which would keep more cotangents alive than the plan counted on)
 When both sides are the same input (x2 is None and the same rows), one side is swept and
 paired with itself.
 
-The same control flow runs on shapes (`AbstractSide`): the planner uses it to measure the
-frontier and the pair terms' shapes without tracing or running anything heavy.
+Each side evaluates its factors and transposes its equations through a `sides.Side`. The same
+control flow runs on shapes (`sides.AbstractSide`, with a `Probe`): the planner uses it to
+measure the frontier and the pair terms' shapes without tracing or running anything heavy.
 """
 
 from __future__ import annotations
@@ -22,194 +23,19 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ntk_zoo.ntk import _tree
-from ntk_zoo.ntk.cost import ZERO, eqn_cost
 from ntk_zoo.ntk import _compat as C
+from ntk_zoo.ntk.cost import ZERO, eqn_cost
 from ntk_zoo.ntk.structured import pair as pair_lib
-from ntk_zoo.ntk.structured.rewrites import TRANSPOSES, conv_rhs_transpose_ok
 from ntk_zoo.ntk.structured.program import PairStatus, Program, Site, SiteKind, pair_status
+from ntk_zoo.ntk.structured.sides import SDS, Array, nbytes
 
-Array = Any
-SDS = jax.ShapeDtypeStruct
-
-
-def _bind(eqn, invals):
-  outs = eqn.primitive.bind(*invals, **eqn.params)
-  return outs if eqn.primitive.multiple_results else [outs]
-
-
-def _vmap_flags(fn: Callable, args: Sequence, batched: Sequence[bool]):
-  """fn(*args), vmapped over axis 0 of the batched args (if any). Returns (out, batched)."""
-  if not any(batched):
-    return fn(*args), False
-  return jax.vmap(fn, in_axes=[0 if b else None for b in batched])(*args), True
-
-
-def _probe_reads(fn: Callable[[Callable], Array]) -> tuple[list, Any]:
-  """The variables `fn(read)` reads, and the shape of its result (per example)."""
-  seen: list = []
-
-  def probe(v):
-    if C.is_literal(v):
-      return v.val
-    seen.append(v)
-    return jnp.zeros(v.aval.shape, v.aval.dtype)
-
-  shape = jax.eval_shape(lambda: fn(probe))
-  return list(dict.fromkeys(seen)), shape
-
-
-class Side:
-  """One input batch: the program's constants for its examples (batched on axis 0, or shared).
-
-  Args:
-    program: the analyzed program.
-    consts: values of the constant invars; batched ones have a leading example axis.
-    batched: per constant invar, whether it is batched.
-    n_examples: the number of examples.
-  """
-
-  def __init__(self, program: Program, consts: Sequence[Array], batched: Sequence[bool],
-               n_examples: int):
-    self.program = program
-    self.n_examples = n_examples
-    jaxpr = program.jaxpr
-    env: dict = {}
-    for v, c in zip(jaxpr.constvars, program.consts):
-      env[v] = (c, False)
-    for v, c, b in zip(jaxpr.invars[:program.n_consts], consts, batched):
-      env[v] = (c, b)
-    self.env = env
-    for k in program.const_eqns:
-      eqn = jaxpr.eqns[k]
-      vals, flags = zip(*[self.read(v) for v in eqn.invars]) if eqn.invars else ((), ())
-      outs, b = _vmap_flags(lambda *a, eqn=eqn: _bind(eqn, a), vals, flags)
-      for v, o in zip(eqn.outvars, outs):
-        if not isinstance(v, C.DropVar):
-          env[v] = (o, b)
-
-  def gate(self) -> Array | None:
-    """A scalar predicate that is true at run time but depends on the inputs."""
-    for v in self.program.jaxpr.invars[:self.program.n_consts]:
-      val = self.env[v][0]
-      if isinstance(val, jax.Array) and val.size and jnp.issubdtype(val.dtype, jnp.inexact):
-        return jnp.logical_not(jnp.isnan(jnp.ravel(val)[0]))
-    return None
-
-  def read(self, v) -> tuple[Array, bool]:
-    if C.is_literal(v):
-      return v.val, False
-    return self.env[v]
-
-  def value(self, fn: Callable[[Callable], Array]) -> tuple[Array, bool]:
-    """`fn(read)` (a factor or key of a structure rule) per example: (value, batched)."""
-    reads, _ = _probe_reads(fn)
-    bvars = [v for v in reads if self.env[v][1]]
-
-    def run(*bvals):
-      m = dict(zip(bvars, bvals))
-      return fn(lambda v: v.val if C.is_literal(v) else (m[v] if v in m else self.env[v][0]))
-
-    return _vmap_flags(run, [self.env[v][0] for v in bvars], [True] * len(bvars))
-
-  def transpose(self, eqn, lin_pos: Sequence[int], cts: Sequence[Array | None]) -> list[Array]:
-    """Cotangents of the linear operands `lin_pos` of `eqn`, for every example and row.
-
-    `cts`: per output of eqn, its cotangent (B, R, *aval), or None (zero).
-    """
-    lin_set = set(lin_pos)
-    const_pos = [i for i in range(len(eqn.invars)) if i not in lin_set]
-    const_vals, const_b = [], []
-    for i in const_pos:
-      val, b = self.read(eqn.invars[i])
-      const_vals.append(val)
-      const_b.append(b)
-    lin_avals = [SDS(eqn.invars[i].aval.shape, eqn.invars[i].aval.dtype) for i in lin_pos]
-    out_avals = [v.aval for v in eqn.outvars]
-    present = [i for i, c in enumerate(cts) if c is not None]
-
-    def one(consts, cts_present):  # One example, one row.
-      def fwd(*lin):
-        invals = [None] * len(eqn.invars)
-        for i, val in zip(lin_pos, lin):
-          invals[i] = val
-        for i, val in zip(const_pos, consts):
-          invals[i] = val
-        return _bind(eqn, invals)
-
-      full = [jnp.zeros(a.shape, a.dtype) for a in out_avals]
-      for i, c in zip(present, cts_present):
-        full[i] = c
-      rule = TRANSPOSES.get(eqn.primitive)
-      if rule is not None and len(full) == 1:
-        invals = [None] * len(eqn.invars)
-        for i, val in zip(const_pos, consts):
-          invals[i] = val
-        out = rule(eqn, lin_pos, invals, full[0])
-        if out is not None:
-          return out
-      return list(jax.linear_transpose(fwd, *lin_avals)(full))
-
-    first = cts[present[0]]
-    assert first is not None  # `present` lists the outputs with a cotangent.
-    rows = first.shape[1]
-    if (eqn.primitive is C.prims.conv_general_dilated_p and 1 in lin_set
-        and rows > _tree.MAX_VMAP_ROWS and (0 in lin_set or not conv_rhs_transpose_ok(eqn))):
-      # XLA CPU bug: weight gradients of a conv vmapped over > 64 cotangents come out zero.
-      # Chunks are unrolled (not a `lax.map`: XLA allocates a map's stacked output at the
-      # start of the program, which would hold every weight gradient at once).
-      def per_example(c, t):
-        step = _tree.MAX_VMAP_ROWS
-        parts = [jax.vmap(one, in_axes=(None, 0))(c, [x[i:i + step] for x in t])
-                 for i in range(0, rows, step)]
-        return [jnp.concatenate(xs) for xs in zip(*parts)]
-    else:
-      per_example = jax.vmap(one, in_axes=(None, 0))
-    fn = jax.vmap(per_example, in_axes=([0 if b else None for b in const_b], 0))
-    return fn(const_vals, [cts[i] for i in present])
-
-
-class AbstractSide:
-  """A `Side` on shapes: what the sweep would hold, without computing anything."""
-
-  def __init__(self, program: Program, n_examples: int, batched: Sequence[bool]):
-    self.program = program
-    self.n = self.n_examples = n_examples
-    jaxpr = program.jaxpr
-    flag: dict = {v: False for v in jaxpr.constvars}
-    flag.update(zip(jaxpr.invars[:program.n_consts], batched))
-    for k in program.const_eqns:
-      eqn = jaxpr.eqns[k]
-      b = any(flag[v] for v in eqn.invars if not C.is_literal(v))
-      flag.update((v, b) for v in eqn.outvars)
-    self.flag = flag
-    self._values: dict = {}
-    needed: set[C.Var | C.Literal] = set()  # Vars only; mypy cannot narrow `is_literal`.
-    for k in program.g_eqns:
-      eqn = jaxpr.eqns[k]
-      needed.update(v for v in eqn.invars if not C.is_literal(v) and v in flag)
-    self.const_bytes = sum(_nbytes(v.aval) * (n_examples if flag[v] else 1) for v in needed)
-
-  def value(self, fn) -> tuple[SDS, bool]:
-    if id(fn) not in self._values:
-      reads, shape = _probe_reads(fn)
-      b = any(self.flag[v] for v in reads)
-      self._values[id(fn)] = (SDS((self.n, *shape.shape) if b else shape.shape, shape.dtype),
-                              b, fn)
-    val, b, _ = self._values[id(fn)]
-    return val, b
-
-  def transpose(self, eqn, lin_pos, cts) -> list[SDS]:
-    present = next(c for c in cts if c is not None)
-    lead = present.shape[:2]
-    return [SDS((*lead, *eqn.invars[i].aval.shape), eqn.invars[i].aval.dtype) for i in lin_pos]
+__all__ = ["Mode", "Probe", "SweepResult", "SweepSpec", "sweep"]
 
 
 def _materialize(state, pred):
@@ -238,10 +64,6 @@ def _materialize(state, pred):
 
 def _add(a, b):
   return a if isinstance(a, SDS) else a + b
-
-
-def _nbytes(x) -> int:
-  return math.prod(x.shape) * np.dtype(x.dtype).itemsize
 
 
 class Probe:
@@ -337,6 +159,48 @@ class SweepResult:
   stash: dict
 
 
+@dataclasses.dataclass(frozen=True)
+class _Flow:
+  """Where cotangents flow through g for one output (fixed by the program, not the values).
+
+  Attributes:
+    lin_vars: the variables that carry a cotangent: outputs of g's equations, and the tangents
+      of leaves cut at themselves (`INVAR` uses).
+    invar_of_use: per `INVAR` use reaching the output, its leaf's tangent variable.
+    last_consumer: per such use read by g, the first equation of g reading it (the last the
+      reverse sweep transposes: the use's cotangent is complete after it).
+    completes_after: per equation, the `INVAR` uses whose cotangent it completes.
+  """
+  lin_vars: set
+  invar_of_use: dict[int, Any]
+  last_consumer: dict[int, int]
+  completes_after: dict[int, list[int]]
+
+
+def _flow(program: Program, reach: frozenset[int]) -> _Flow:
+  """The `_Flow` of the output whose uses are `reach`."""
+  jaxpr = program.jaxpr
+  lin_vars = {v for k in program.g_eqns for v in jaxpr.eqns[k].outvars}
+  invar_of_use: dict[int, Any] = {}
+  for u in reach:
+    if program.uses[u].site.kind is SiteKind.INVAR:
+      var = jaxpr.invars[program.n_consts + program.uses[u].leaf]
+      lin_vars.add(var)
+      invar_of_use[u] = var
+  last_consumer: dict[int, int] = {}
+  if invar_of_use:
+    consumer = {var: u for u, var in invar_of_use.items()}
+    for k in program.g_eqns:
+      for v in jaxpr.eqns[k].invars:
+        if not C.is_literal(v) and v in consumer:
+          u = consumer[v]
+          last_consumer[u] = min(last_consumer.get(u, k), k)
+  completes_after: dict[int, list[int]] = {}
+  for u, k in last_consumer.items():
+    completes_after.setdefault(k, []).append(u)
+  return _Flow(lin_vars, invar_of_use, last_consumer, completes_after)
+
+
 def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepSpec,
           probe: Probe | None = None, *, mode: Mode = Mode.PAIR, start: int = 0,
           stop: int | None = None, env0: Sequence[dict] | None = None,
@@ -378,56 +242,41 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
   remaining = [set(g) for g in groups]
   done: dict[int, list] = {}
   env: list[dict] = [dict(e) for e in env0] if env0 is not None else [{} for _ in swept]
-  acc: list = [None]
+  acc = None  # The kernel block accumulated so far.
   new_stash: dict = {}
   order = list(reversed(program.g_eqns))
   stop = len(order) if stop is None else stop
+  flow = _flow(program, reach)
 
   def live_bytes(extra=()) -> int:
     vals = [v for e in env for v in e.values()]
     vals += [c for cts in done.values() for c in cts[:n_sides] if c is not None]
-    return sum(_nbytes(v) for v in (*vals, *extra))
-
-  lin_vars = {v for k in program.g_eqns for v in jaxpr.eqns[k].outvars}
-  invar_of_use: dict[int, Any] = {}
-  for u in reach:
-    if program.uses[u].site.kind is SiteKind.INVAR:
-      var = jaxpr.invars[program.n_consts + program.uses[u].leaf]
-      lin_vars.add(var)
-      invar_of_use[u] = var
-  last_consumer: dict[int, int] = {}
-  if invar_of_use:
-    consumer = {var: u for u, var in invar_of_use.items()}
-    for k in program.g_eqns:
-      for v in jaxpr.eqns[k].invars:
-        if not C.is_literal(v) and v in consumer:
-          u = consumer[v]
-          last_consumer[u] = min(last_consumer.get(u, k), k)
-  completes_after: dict[int, list[int]] = {}
-  for u, k in last_consumer.items():
-    completes_after.setdefault(k, []).append(u)
+    return sum(nbytes(v) for v in (*vals, *extra))
 
   pinned: dict[int, Any] = {}  # id -> value already passed through a barrier.
 
   def barrier():
     """Pins the values created since the last barrier: those pinned before are buffers
     already (a cond's outputs), and passing them again would copy them at every barrier."""
+    nonlocal acc
     if not spec.barrier or probe is not None:
       return
-    slots = [(acc, 0)] if acc[0] is not None else []  # (container, key) of each value.
-    for e in env:
-      slots += [(e, k) for k in e]
+    slots = [(e, k) for e in env for k in e]  # (container, key) of each cotangent.
     for cts in done.values():
       slots += [(cts, i) for i, c in enumerate(cts) if c is not None]
-    fresh = {id(box[k]): box[k] for box, k in slots if id(box[k]) not in pinned}
+    values = ([] if acc is None else [acc]) + [box[k] for box, k in slots]
+    fresh = {id(v): v for v in values if id(v) not in pinned}
     if not fresh:
       return
-    pinned_now = dict(zip(fresh, _materialize(list(fresh.values()), gate[0])))
+    pinned_now = dict(zip(fresh, _materialize(list(fresh.values()), gate)))
+    if acc is not None:
+      acc = pinned_now.get(id(acc), acc)
     for box, k in slots:
       box[k] = pinned_now.get(id(box[k]), box[k])
     pinned.update((id(v), v) for v in pinned_now.values())
 
   def complete(u: int, cts: list):
+    nonlocal acc
     if mode is Mode.UNSTASH:
       rows1 = math.prod(spec.row_shape[0])
       aval = program.cut_aval(program.uses[u])
@@ -442,7 +291,7 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
     for ab, e in _pair_einsums(program, pair_sides, groups[g], done, spec):
       n1 = 1 + len(program.uses[ab[0]].structure.factors)
       if probe is not None:
-        probe.pairs.append((probe_pos[0], live_bytes(), ab, e, n1))
+        probe.pairs.append((probe_pos, live_bytes(), ab, e, n1))
         continue
       if mode is Mode.STASH:
         new_stash[ab] = pair_lib.half(e, n1)
@@ -454,7 +303,7 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
       term = pair_lib.contract(e, pair_lib.route(e, spec.memory_limit))
       if finish is not None:
         term = finish(term)
-      acc[0] = term if acc[0] is None else acc[0] + term
+      acc = term if acc is None else acc + term
     for member in groups[g]:
       done.pop(member, None)
     barrier()
@@ -463,8 +312,8 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
     env[s][v] = c if v not in env[s] else _add(env[s][v], c)
 
   # A runtime-true predicate for `_materialize` (XLA cannot fold it away).
-  gate = [None if probe is not None else pair_sides[0].gate()]
-  probe_pos = [0]
+  gate = None if probe is not None else pair_sides[0].gate()
+  probe_pos = 0  # The position the sweep is at, for the probe's pair records.
 
   if start == 0:
     assert cts0 is not None, "a sweep from the start needs cts0"
@@ -472,16 +321,16 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
     out_site = program.cut_at.get(Site(SiteKind.OUTPUT, m))
     if out_site is not None and out_site in reach:
       complete(out_site, list(cts0))
-    elif not C.is_literal(out_var) and out_var in lin_vars:
+    elif not C.is_literal(out_var) and out_var in flow.lin_vars:
       for s in range(n_sides):
         add_ct(s, out_var, cts0[s])
-    for u, var in invar_of_use.items():
-      if u not in last_consumer:
+    for u, var in flow.invar_of_use.items():
+      if u not in flow.last_consumer:
         complete(u, [env[s].pop(var, None) for s in range(n_sides)])
 
   for t in range(start, stop):
     if probe is not None:
-      probe_pos[0] = t
+      probe_pos = t
       if not done:
         probe.cuts.append((t, live_bytes()))
     k = order[t]
@@ -498,7 +347,7 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
     if all(c is None for c in outs[0]):
       continue
     lin_pos = [i for i, v in enumerate(eqn.invars)
-               if not C.is_literal(v) and (v in lin_vars or Site(SiteKind.OPERAND, k, i)
+               if not C.is_literal(v) and (v in flow.lin_vars or Site(SiteKind.OPERAND, k, i)
                                            in program.cut_at)]
     new = [swept[s].transpose(swept[s].program.jaxpr.eqns[k], lin_pos, outs[s])
            for s in range(n_sides)]
@@ -519,8 +368,8 @@ def sweep(program: Program, sides: Sequence, cts0: Sequence | None, spec: SweepS
     for u, cts in operand_uses:
       if u in reach:
         complete(u, cts)
-    for u in completes_after.get(k, ()):
-      complete(u, [env[s].pop(invar_of_use[u], None) for s in range(n_sides)])
+    for u in flow.completes_after.get(k, ()):
+      complete(u, [env[s].pop(flow.invar_of_use[u], None) for s in range(n_sides)])
   if probe is not None and not done:
     probe.cuts.append((stop, live_bytes()))
-  return SweepResult(acc[0], env, new_stash)
+  return SweepResult(acc, env, new_stash)

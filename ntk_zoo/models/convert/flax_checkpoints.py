@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_zoo.models.adapters import BoundApply
-from ntk_zoo.models.checkpoints import CheckpointMismatchError, check_matches, unreadable
+from ntk_zoo.models.convert.checkpoints import CheckpointMismatchError, check_matches, unreadable
 from ntk_zoo.models.model import Model
 from ntk_zoo.ntk.typing import PyTree
 

@@ -17,46 +17,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk_zoo.models import checkpoints, npz_convert, timm_convert
+from ntk_zoo.models import common
+from ntk_zoo.models.common import ImageSize
+from ntk_zoo.models.convert import checkpoints, npz_convert
+from ntk_zoo.models.convert import torch_convert as tc
 from ntk_zoo.models.model import Model
-from ntk_zoo.models.vit import (POSEMB_KEY, VisionTransformer, ViTConfig, _default_name,
-                                _image_shape, _module, _to_model, decode_variant, param_shapes)
 
 
 def _is_square(n: int) -> bool:
   return n >= 0 and int(round(np.sqrt(n))) ** 2 == n
 
 
-def _grid(config: ViTConfig, image_size: int | tuple[int, int]) -> tuple[int, int]:
-  h, w, _ = _image_shape(image_size)
+def _grid(config: vit.ViTConfig, image_size: ImageSize) -> tuple[int, int]:
+  h, w, _ = common.image_shape(image_size)
   return (h // config.patch_size, w // config.patch_size)
 
 
 def _finish_load(flat: dict[str, np.ndarray], expected: dict[str, jax.ShapeDtypeStruct],
-                 module: VisionTransformer, image_size: int | tuple[int, int], source: str,
+                 module: vit.VisionTransformer, image_size: ImageSize, source: str,
                  name: str) -> Model:
   """Checks `flat` (our keys) against the `expected` shapes and builds the `Model`."""
-  checkpoints.check_matches(expected, flat, source=source)
-  params = checkpoints.unflatten({k: jnp.asarray(flat[k], module.dtype) for k in expected})
-  return _to_model(module, params, image_size, name)
+  params = checkpoints.checked_tree(expected, flat, source=source, dtype=module.dtype)
+  return common.patch_model(module, params, image_size, name)
 
 
-def _resample(flat: dict[str, np.ndarray], config: ViTConfig, image_size, classifier: str,
+def _resample(flat: dict[str, np.ndarray], config: vit.ViTConfig, image_size, classifier: str,
               method: str) -> None:
-  """Resamples `flat[POSEMB_KEY]` (in place) to the model's grid of patches, if it differs."""
-  pe = flat.get(POSEMB_KEY)
+  """Resamples `flat[vit.POSEMB_KEY]` (in place) to the model's grid of patches, if it differs."""
+  pe = flat.get(vit.POSEMB_KEY)
   if pe is None or np.ndim(pe) != 3:
     return
   prefix = 1 if classifier == "token" else 0
   gh, gw = _grid(config, image_size)
   if pe.shape[1] != prefix + gh * gw and _is_square(pe.shape[1] - prefix):
-    flat[POSEMB_KEY] = npz_convert.resample_posemb(pe, (gh, gw), num_prefix_tokens=prefix,
-                                                   method=method)
+    flat[vit.POSEMB_KEY] = npz_convert.resample_posemb(pe, (gh, gw), num_prefix_tokens=prefix,
+                                                       method=method)
 
 
-def load_npz(path: str | os.PathLike, *, variant: str | ViTConfig, num_classes: int | None = None,
-             image_size: int | tuple[int, int] = 224, gelu_approximate: bool = True,
-             dtype: Any = jnp.float32, posemb_method: str = "vit_jax") -> Model:
+def load_npz(path: str | os.PathLike, *, variant: str | vit.ViTConfig,
+             num_classes: int | None = None, image_size: ImageSize = 224,
+             gelu_approximate: bool = True, dtype: Any = jnp.float32,
+             posemb_method: str = "vit_jax") -> Model:
   """Loads a vit_jax or big_vision ViT `.npz` checkpoint.
 
   Handles: pre-Linen (vit_jax) and Linen (big_vision) module numbering; keys prefixed `params/`
@@ -83,30 +84,30 @@ def load_npz(path: str | os.PathLike, *, variant: str | ViTConfig, num_classes: 
   Raises:
     CheckpointMismatchError: listing missing keys, unexpected keys and shape conflicts.
   """
-  config = decode_variant(variant)
+  config = vit.decode_variant(variant)
   flat = npz_convert.read_google_npz(path, anchor="embedding/kernel",
                                      scanned=[("Transformer", "encoderblock")])
   classifier = "token" if "cls" in flat else "gap"
   for old in ("pos_embedding", "Transformer/pos_embedding"):
-    if old in flat and POSEMB_KEY not in flat:
-      flat[POSEMB_KEY] = flat.pop(old)
-  pe = flat.get(POSEMB_KEY)
+    if old in flat and vit.POSEMB_KEY not in flat:
+      flat[vit.POSEMB_KEY] = flat.pop(old)
+  pe = flat.get(vit.POSEMB_KEY)
   if classifier == "token" and pe is not None and np.ndim(pe) == 3 and _is_square(pe.shape[1]):
     # big_vision layout: no position embedding on the class token == a zero row here.
-    flat[POSEMB_KEY] = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
+    flat[vit.POSEMB_KEY] = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
   _resample(flat, config, image_size, classifier, posemb_method)
   representation_size = (int(flat["pre_logits/kernel"].shape[-1])
                           if "pre_logits/kernel" in flat else None)
   if num_classes is None:
     num_classes = int(flat["head/bias"].shape[0]) if "head/bias" in flat else 1000
-  module = _module(config, num_classes=num_classes, classifier=classifier,
-                   representation_size=representation_size, gelu_approximate=gelu_approximate,
-                   dtype=dtype)
-  expected = param_shapes(config, num_classes=num_classes, image_size=image_size,
-                          classifier=classifier, representation_size=representation_size)
+  module = vit.make_module(config, num_classes=num_classes, classifier=classifier,
+                           representation_size=representation_size,
+                           gelu_approximate=gelu_approximate, dtype=dtype)
+  expected = vit.param_shapes(config, num_classes=num_classes, image_size=image_size,
+                              classifier=classifier, representation_size=representation_size)
   flat = npz_convert.match_names(flat, expected)
   return _finish_load(flat, expected, module, image_size, os.fspath(path),
-                      _default_name(variant))
+                      common.default_name("vit", variant))
 
 
 def _split_heads(kernel: np.ndarray, num_heads: int, axis: int) -> np.ndarray:
@@ -118,7 +119,7 @@ def _split_heads(kernel: np.ndarray, num_heads: int, axis: int) -> np.ndarray:
   return kernel.reshape(shape)
 
 
-def _timm_rules(num_heads: int) -> list[timm_convert.Rule]:
+def _timm_rules(num_heads: int) -> list[tc.Rule]:
   """timm `VisionTransformer` state-dict names -> our keys."""
   blk = "Transformer/encoderblock_{0}"
   mha = blk + "/MultiHeadDotProductAttention_1"
@@ -130,7 +131,8 @@ def _timm_rules(num_heads: int) -> list[timm_convert.Rule]:
     for j, part in enumerate(("query", "key", "value")):
       if w is not None and w.shape[0] % 3 == 0:
         wj = np.split(w, 3, axis=0)[j]  # (D, D) (out, in)
-        out[f"{prefix}/{part}/kernel"] = _split_heads(timm_convert.linear_t(wj), num_heads, 1)
+        kernel = tc.linear_kernel_from_torch(wj)
+        out[f"{prefix}/{part}/kernel"] = _split_heads(kernel, num_heads, 1)
       if b is not None and b.shape[0] % 3 == 0:
         out[f"{prefix}/{part}/bias"] = _split_heads(np.split(b, 3)[j], num_heads, 0)
     for leaf, v in t.items():
@@ -143,31 +145,31 @@ def _timm_rules(num_heads: int) -> list[timm_convert.Rule]:
     out = {}
     for leaf, v in t.items():
       if leaf == "weight":
-        out[f"{prefix}/kernel"] = _split_heads(timm_convert.linear_t(v), num_heads, 0)
+        out[f"{prefix}/kernel"] = _split_heads(tc.linear_kernel_from_torch(v), num_heads, 0)
       elif leaf == "bias":
         out[f"{prefix}/bias"] = v
       else:
         out[f"{prefix}/{leaf}"] = v
     return out
 
-  r = timm_convert.Rule
+  r = tc.Rule
   return [
-      r("cls_token", timm_convert.tensor("cls")),
-      r("pos_embed", timm_convert.tensor(POSEMB_KEY)),
-      r(r"patch_embed\.proj", timm_convert.conv("embedding")),
-      r(r"blocks\.(\d+)\.norm1", timm_convert.layer_norm(blk + "/LayerNorm_0")),
+      r("cls_token", tc.tensor("cls")),
+      r("pos_embed", tc.tensor(vit.POSEMB_KEY)),
+      r(r"patch_embed\.proj", tc.conv("embedding")),
+      r(r"blocks\.(\d+)\.norm1", tc.layer_norm(blk + "/LayerNorm_0")),
       r(r"blocks\.(\d+)\.attn\.qkv", qkv),
       r(r"blocks\.(\d+)\.attn\.proj", proj),
-      r(r"blocks\.(\d+)\.norm2", timm_convert.layer_norm(blk + "/LayerNorm_2")),
-      r(r"blocks\.(\d+)\.mlp\.fc1", timm_convert.dense(blk + "/MlpBlock_3/Dense_0")),
-      r(r"blocks\.(\d+)\.mlp\.fc2", timm_convert.dense(blk + "/MlpBlock_3/Dense_1")),
-      r("norm", timm_convert.layer_norm("Transformer/encoder_norm")),
-      r("head", timm_convert.dense("head")),
+      r(r"blocks\.(\d+)\.norm2", tc.layer_norm(blk + "/LayerNorm_2")),
+      r(r"blocks\.(\d+)\.mlp\.fc1", tc.dense(blk + "/MlpBlock_3/Dense_0")),
+      r(r"blocks\.(\d+)\.mlp\.fc2", tc.dense(blk + "/MlpBlock_3/Dense_1")),
+      r("norm", tc.layer_norm("Transformer/encoder_norm")),
+      r("head", tc.dense("head")),
   ]
 
 
-def load_timm(path: str | os.PathLike, *, variant: str | ViTConfig,
-              num_classes: int | None = None, image_size: int | tuple[int, int] = 224,
+def load_timm(path: str | os.PathLike, *, variant: str | vit.ViTConfig,
+              num_classes: int | None = None, image_size: ImageSize = 224,
               gelu_approximate: bool = False, dtype: Any = jnp.float32,
               posemb_method: str = "bicubic") -> Model:
   """Loads a timm ViT `.safetensors` state dict (read with `safetensors.numpy`, no torch).
@@ -192,17 +194,21 @@ def load_timm(path: str | os.PathLike, *, variant: str | ViTConfig,
   Raises:
     CheckpointMismatchError: listing missing keys, unexpected keys and shape conflicts.
   """
-  config = decode_variant(variant)
+  config = vit.decode_variant(variant)
   state = checkpoints.read_safetensors(path)
-  flat, origin = timm_convert.convert(state, _timm_rules(config.num_heads))
+  flat, origin = tc.convert(state, _timm_rules(config.num_heads))
   classifier = "token" if "cls" in flat else "gap"
   _resample(flat, config, image_size, classifier, posemb_method)
   if num_classes is None:
     num_classes = int(flat["head/bias"].shape[0]) if "head/bias" in flat else 1000
-  module = _module(config, num_classes=num_classes, classifier=classifier,
-                   gelu_approximate=gelu_approximate, dtype=dtype)
-  expected = param_shapes(config, num_classes=num_classes, image_size=image_size,
-                          classifier=classifier)
-  flat = timm_convert.annotate_unexpected(flat, origin, expected)
+  module = vit.make_module(config, num_classes=num_classes, classifier=classifier,
+                           gelu_approximate=gelu_approximate, dtype=dtype)
+  expected = vit.param_shapes(config, num_classes=num_classes, image_size=image_size,
+                              classifier=classifier)
+  flat = tc.annotate_unexpected(flat, origin, expected)
   return _finish_load(flat, expected, module, image_size, os.fspath(path),
-                      _default_name(variant))
+                      common.default_name("vit", variant))
+
+
+# Imported last: `vit` re-exports this module's loaders, so either can be imported first.
+from ntk_zoo.models import vit  # noqa: E402

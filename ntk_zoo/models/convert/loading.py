@@ -66,9 +66,10 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, *,
   Raises:
     FileNotFoundError: `checkpoint` does not exist.
     CheckpointFormatError: a pickle, or a format this architecture has no loader for.
-    ntk_zoo.models.checkpoints.CheckpointMismatchError: the file's keys/shapes do not fit.
+    ntk_zoo.models.CheckpointMismatchError: the file's keys/shapes do not fit.
   """
-  from ntk_zoo.models import flax_checkpoints, mixer, registry, resnet, vit  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models import mixer, registry, resnet, vit  # pylint: disable=g-import-not-at-top
+  from ntk_zoo.models.convert import flax_checkpoints  # pylint: disable=g-import-not-at-top
   kw: _Sizes = {}
   if num_classes:
     kw["num_classes"] = num_classes

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk_zoo.models import checkpoints
+from ntk_zoo.models.convert import checkpoints
 
 # `Name_12` -> ("Name", 12), as `flax.training.checkpoints.MODULE_NUM_RE`.
 _MODULE_NUM_RE = re.compile(r"^(.*)_(\d+)$")

@@ -1,13 +1,13 @@
 """Reading checkpoint files into flat `{name: np.ndarray}` dicts, and checking them against a model.
 
-Format-specific converters (torchvision/timm names -> our trees, vit_jax/big_vision npz, ...)
-live next to their architecture; this module holds what they share:
+What every loader of this package shares (the format converters `torch_convert`, `npz_convert`
+and the per-family loaders build on it):
 
 * `read_safetensors(path)`: torch-origin `.safetensors` without torch (`safetensors.numpy`).
 * `read_npz(path)`: numpy `.npz` without unpickling; bfloat16 stored as 2-byte void is decoded.
 * `flatten(tree)` / `unflatten(flat)`: nested dicts <-> `{"a/b/c": array}`.
 * `check_matches(expected, loaded)`: raises `CheckpointMismatchError` listing missing keys,
-  unexpected keys and shape conflicts.
+  unexpected keys and shape conflicts; `checked_tree` checks, then builds the parameter tree.
 
 A file that cannot be read (a truncated download) raises `CheckpointFileError` naming it.
 """
@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
@@ -144,3 +146,14 @@ def tree_like(reference: PyTree, flat: Mapping[str, Any], sep: str = "/") -> PyT
   ref_flat = flatten(reference, sep)
   check_matches(ref_flat, flat)
   return unflatten({k: np.asarray(flat[k]) for k in ref_flat}, sep)
+
+
+def checked_tree(expected: Mapping[str, jax.ShapeDtypeStruct], loaded: Mapping[str, Any], *,
+                 source: str, dtype: Any) -> dict[str, Any]:
+  """`loaded`'s arrays at `expected`'s keys as a nested dict of `dtype` jax arrays.
+
+  Raises:
+    CheckpointMismatchError: `loaded` does not have exactly `expected`'s keys and shapes.
+  """
+  check_matches(expected, loaded, source=source)
+  return unflatten({k: jnp.asarray(loaded[k], dtype) for k in expected})
