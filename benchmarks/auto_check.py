@@ -23,11 +23,14 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402  pylint: disable=wrong-import-position
+import fcn_model  # noqa: E402  pylint: disable=wrong-import-position
+import methods  # noqa: E402  pylint: disable=wrong-import-position
+import reporting  # noqa: E402  pylint: disable=wrong-import-position
 
 import ntk_zoo  # noqa: E402  pylint: disable=wrong-import-position
 
-SHORT = {"jacobian_contraction": "JC", "ntk_vector_products": "VP", "structured_derivatives": "SD"}
+# The methods auto chooses between, in table order: JC, VP, SD.
+SHORT = {m: methods.SHORT[m] for m in (methods.JC, methods.VP, methods.SD)}
 
 
 def measured(path: pathlib.Path) -> dict:
@@ -49,9 +52,9 @@ def measured(path: pathlib.Path) -> dict:
 
 def decision(n: int, w: int, o: int, depth: int = 10):
   """auto's Decision for the FCN cell (the same model as fcn.py; shapes only, nothing runs)."""
-  params = [jax.ShapeDtypeStruct(p.shape, p.dtype) for p in common.fcn_params(w, o, depth)]
+  params = [jax.ShapeDtypeStruct(p.shape, p.dtype) for p in fcn_model.fcn_params(w, o, depth)]
   x = jax.ShapeDtypeStruct((n, w), np.float32)
-  kernel = ntk_zoo.ntk_fn(common.fcn_apply, trace_axes=(), vmap_axes=0)
+  kernel = ntk_zoo.ntk_fn(fcn_model.fcn_apply, trace_axes=(), vmap_axes=0)
   jax.eval_shape(kernel, x, x, params)
   return next(iter(kernel.decisions.values()))
 
@@ -89,15 +92,8 @@ def main(argv=None) -> None:
   ])
   print(table)
   if args.markdown:
-    path = pathlib.Path(args.results_md)
-    text = path.read_text() if path.exists() else ""
-    begin, end = "<!-- auto:begin -->", "<!-- auto:end -->"
-    section = f"{begin}\n## auto on the FCN grid\n\n{table}\n{end}"
-    if begin in text and end in text:
-      text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
-    else:
-      text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    reporting.replace_between_markers(args.results_md, "<!-- auto:begin -->",
+                                      "<!-- auto:end -->", f"## auto on the FCN grid\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ Model: `pure_resnet` ResNet-18 at 32×32 (default; `--arch`, `--image-size`), O 
 full NTK (`trace_axes=()`, `vmap_axes=0`), float32, symmetric: Θ(x, x) with x2 = None, x =
 `pure_resnet.inputs(N, image_size)[0]` (a prefix of one seeded stream, so the examples of a
 smaller N are the first of a larger one). The kernel has N² · O² entries; throughput is entries
-per second. Cells, one subprocess each (`common.run_cell`: timeout and resident-memory cap):
+per second. Cells, one subprocess each (`harness.run_cell`: timeout and resident-memory cap):
 
 * `single` (ours): one jitted call `ntk_fn(f, trace_axes=(), vmap_axes=0,
   implementation=IMPL)(x, None, params)`, IMPL in jc, vp, sd, auto; N doubling (`--n-single`).
-  First call = compile + first run; warm = median of warm runs (`common.time_fn`). The largest N
+  First call = compile + first run; warm = median of warm runs (`harness.time_fn`). The largest N
   that completes is "largest N in one call".
 * `peer_single` (neural-tangents 0.6.5, `peer_dataset.py` in its venv): the same with
   `nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=1|2|3)`.
@@ -47,31 +47,29 @@ import time
 _PROC_T0 = time.time()
 
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
-import json
 import math
 import os
-import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pure_resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+import reporting  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-LIBRARY = "ntk_zoo"
-PEER = peer_dataset.LIBRARY
+OURS, PEER = methods.OURS, methods.PEER
 BEGIN, END = "<!-- dataset:begin -->", "<!-- dataset:end -->"
 
-ORDER = common.IMPLEMENTATIONS
+ORDER = methods.IMPLEMENTATIONS
 JC, VP, SD, AUTO = ORDER
-SHORT = common.SHORT
+SHORT = methods.SHORT
+impl_list = methods.impl_list
 FAILED = ("oom", "timeout")
 _MB = 1024.0 * 1024.0
 
@@ -107,8 +105,8 @@ def _measure_single(cell, f, params, x, budget_s) -> dict:
   kernel = _kernel(f, cell["implementation"], cell)
   # min_repeats=0: a warm run that would overrun the timeout is skipped (the first run, after
   # the compile, then stands in for it), so a cell that fits once is still recorded.
-  res = common.time_fn(lambda a, p: kernel(a, None, p), jnp.asarray(x), params,
-                       repeats=cell["repeats"], time_budget_s=budget_s, min_repeats=0)
+  res = harness.time_fn(lambda a, p: kernel(a, None, p), jnp.asarray(x), params,
+                        repeats=cell["repeats"], time_budget_s=budget_s, min_repeats=0)
   res["first_call_s"] = res["compile_s"] + res["first_run_s"]
   if kernel.decisions:
     res.update(_decision_info(next(iter(kernel.decisions.values()))))
@@ -155,12 +153,12 @@ def _measure_dataset(cell, f, params, x, budget_s) -> dict:
   marks = []
   res: dict = {"store": store}
   try:
-    base = common.current_rss_bytes()
+    base = harness.current_rss_bytes()
     t0 = time.perf_counter()
     dk = dataset_ntk(kernel, x, None, params, store=store, tile=cell.get("tile_request"),
                      progress=False, on_tile=lambda i, j: marks.append((i, j, time.perf_counter())))
     t1 = time.perf_counter()
-    peak = common.max_rss_bytes()
+    peak = harness.max_rss_bytes()
     res.update({"first_call_s": t1 - t0, "loop_s": dk.seconds, "setup_s": (t1 - t0) - dk.seconds,
                 "tile": list(dk.tile), "n_tiles": dk.computed + dk.reused,
                 "tiles_computed": dk.computed, "complete": dk.complete,
@@ -198,11 +196,11 @@ def _measure_pseudo(cell, f, params, x, budget_s) -> dict:
                          memory_budget=cell.get("memory_budget"))
   xj = jnp.asarray(x)
   t_start = time.time()
-  rf = common.time_fn(lambda a, p: full(a, None, p), xj, params, repeats=cell["repeats"],
-                      time_budget_s=budget_s / 2, keep_output=True, min_repeats=0)
-  rp = common.time_fn(lambda a, p: pseudo(a, None, p), xj, params, repeats=cell["repeats"],
-                      time_budget_s=budget_s - (time.time() - t_start), keep_output=True,
-                      min_repeats=0)
+  rf = harness.time_fn(lambda a, p: full(a, None, p), xj, params, repeats=cell["repeats"],
+                       time_budget_s=budget_s / 2, keep_output=True, min_repeats=0)
+  rp = harness.time_fn(lambda a, p: pseudo(a, None, p), xj, params, repeats=cell["repeats"],
+                       time_budget_s=budget_s - (time.time() - t_start), keep_output=True,
+                       min_repeats=0)
   if full.decisions:
     rf.update(_decision_info(next(iter(full.decisions.values()))))
   theta = np.asarray(rf.pop("_out"), np.float64)  # (N, N, O, O)
@@ -243,8 +241,7 @@ def run_one_cell(cell: dict) -> None:
   meta = {k: cell.get(k) for k in peer_dataset.META_KEYS}
 
   def measure():
-    info = {"library_version": common.package_version("ntk_zoo")}
-    info.update(common.jax_info())
+    info = harness.cell_info(harness.package_version("ntk_zoo"))
     f, params = pure_resnet.model(cell["arch"], cell["outputs"])
     info["num_params"] = pure_resnet.num_params(params)
     x = pure_resnet.inputs(cell["n"], cell["image_size"])[0]
@@ -257,25 +254,17 @@ def run_one_cell(cell: dict) -> None:
       raise MemoryError(f"BudgetError: {e}") from e
     return peer_dataset.add_rates(info, cell["n"], cell["outputs"])
 
-  common.cell_main(measure, meta)
+  harness.cell_main(measure, meta)
 
 
 # ---------------------------------------------------------------------------------------------
 # The sweep.
 
-def cell_key(rec: dict) -> tuple:
-  return tuple(rec.get(k) for k in ("benchmark", "kind", "library", "implementation", "arch",
-                                    "outputs", "image_size", "n", "batch_size", "tile_request"))
-
-
-def group_key(rec: dict) -> tuple:
-  """Cells that differ only in N: after an OOM/timeout, larger N will not fit either."""
-  return tuple(rec.get(k) for k in ("kind", "library", "implementation", "arch", "outputs",
-                                    "image_size", "batch_size", "tile_request"))
-
-
-def impl_list(s: str) -> list[str]:
-  return common.impl_list(s) if s.strip() else []
+cell_key = harness.record_key("benchmark", "kind", "library", "implementation", "arch", "outputs",
+                              "image_size", "n", "batch_size", "tile_request")
+# Cells that differ only in N: after an OOM/timeout, larger N will not fit either.
+group_key = harness.record_key("kind", "library", "implementation", "arch", "outputs",
+                               "image_size", "batch_size", "tile_request")
 
 
 def build_jobs(args, peer_python: str | None) -> list[tuple[dict, list[str]]]:
@@ -290,23 +279,23 @@ def build_jobs(args, peer_python: str | None) -> list[tuple[dict, list[str]]]:
     cell = dict(meta, **common_cell, timeout_s=cell_timeout(meta, args),
                 check_max_n=args.check_max_n, store_dir=args.store_dir,
                 keep_store=args.keep_stores)
-    return [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell)]
+    return harness.cell_command(__file__, cell)
 
   def peer(meta):
-    return peer_dataset.cell_command(dict(meta, **common_cell,
-                                          timeout_s=cell_timeout(meta, args)), peer_python)
+    return harness.cell_command(peer_dataset.__file__, dict(
+        meta, **common_cell, timeout_s=cell_timeout(meta, args)), peer_python)
 
   for n in args.n_single:
     for impl in ORDER:
       if impl in args.implementations:
-        m = dict(base, kind="single", library=LIBRARY, implementation=impl, n=n)
+        m = dict(base, kind="single", library=OURS, implementation=impl, n=n)
         jobs.append((m, ours(m)))
       if peer_python and impl in args.peer_implementations:
         m = dict(base, kind="peer_single", library=PEER, implementation=impl, n=n)
         jobs.append((m, peer(m)))
   for n in args.n_dataset:
     for impl in args.dataset_implementations:
-      m = dict(base, kind="dataset", library=LIBRARY, implementation=impl, n=n,
+      m = dict(base, kind="dataset", library=OURS, implementation=impl, n=n,
                tile_request=args.tile)
       jobs.append((m, ours(m)))
     if peer_python:
@@ -316,7 +305,7 @@ def build_jobs(args, peer_python: str | None) -> list[tuple[dict, list[str]]]:
                    batch_size=min(args.peer_batch, n))
           jobs.append((m, peer(m)))
   for n in args.n_pseudo:
-    m = dict(base, kind="pseudo", library=LIBRARY, implementation=args.pseudo_implementation,
+    m = dict(base, kind="pseudo", library=OURS, implementation=args.pseudo_implementation,
              n=n)
     jobs.append((m, ours(m)))
   return jobs
@@ -342,7 +331,7 @@ def _counts(rec: dict, args) -> bool:
 
 def _line(i, total, rec) -> str:
   m = rec
-  name = f"{m['kind']} {'ours' if m['library'] == LIBRARY else 'peer'} {SHORT[m['implementation']]}"
+  name = f"{m['kind']} {'ours' if m['library'] == OURS else 'peer'} {SHORT[m['implementation']]}"
   bits = [f"[{i}/{total}] {name} N={m['n']}"]
   if m.get("batch_size"):
     bits.append(f" B={m['batch_size']}")
@@ -370,9 +359,7 @@ def run_sweep(jobs, args) -> None:
   out_path = args.out
   if args.fresh and os.path.exists(out_path):
     os.remove(out_path)
-  old = {}
-  for r in common.read_jsonl(out_path):
-    old[cell_key(r)] = r
+  old = {cell_key(r): r for r in harness.read_jsonl(out_path)}
   failed_at: dict[tuple, int] = {}  # group -> smallest N that failed (OOM/timeout).
   for r in old.values():
     if r.get("status") in FAILED and _counts(r, args):
@@ -384,14 +371,13 @@ def run_sweep(jobs, args) -> None:
     if prev is not None and _counts(prev, args):
       continue
     g = group_key(meta)
-    rec = dict(meta)
+    skip = None
     if not args.no_skip_larger and g in failed_at and meta["n"] > failed_at[g]:
-      rec.update(status="skipped", error=f"N={failed_at[g]} already failed (OOM/timeout)")
-    else:
-      rec.update(common.run_cell(cmd, cell_timeout(meta, args), args.mem_limit_mb, cwd=REPO))
-    rec.update(meta)
+      skip = f"N={failed_at[g]} already failed (OOM/timeout)"
+    rec = harness.run_job(meta, cmd, cell_timeout(meta, args), args.mem_limit_mb, skip=skip,
+                          cwd=harness.REPO)
     rec["timeout_s"], rec["mem_limit_mb"] = cell_timeout(meta, args), args.mem_limit_mb
-    common.append_jsonl(out_path, rec)
+    harness.append_jsonl(out_path, rec)
     if rec["status"] in FAILED:
       failed_at[g] = min(failed_at.get(g, meta["n"]), meta["n"])
     print(_line(i + 1, len(jobs), rec) + f" [sweep {time.time() - t_sweep:.0f} s]",
@@ -401,20 +387,16 @@ def run_sweep(jobs, args) -> None:
 # ---------------------------------------------------------------------------------------------
 # Markdown.
 
-def _row(cells) -> str:
-  return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
 def _st(rec) -> str | None:
-  st = (rec or {}).get("status")
+  """None for a finished cell, else what its table cells read; OOM‡: no plan fitted."""
   if rec is None:
     return "—"
+  st = rec.get("status")
   if st == "ok":
     return None
   if st == "oom" and "BudgetError" in str(rec.get("error", "")):
     return "OOM‡"
-  return {"unavailable": "n/a", "timeout": "timeout", "oom": "OOM", "skipped": "skipped"}.get(
-      st, "error")
+  return reporting.status_text(rec)
 
 
 def _status(rec) -> str:
@@ -425,7 +407,7 @@ def _num(rec, field, scale=1.0, digits=3):
   if _st(rec):
     return "—"
   v = rec.get(field)
-  return "—" if v is None else common.fmt_num(v * scale, digits)
+  return "—" if v is None else reporting.fmt_num(v * scale, digits)
 
 
 def _sci(v) -> str:
@@ -440,7 +422,7 @@ def _rate(rec, field) -> str:
 
 def _rss(rec) -> str:
   v = (rec or {}).get("child_maxrss_mb")
-  return "—" if v is None else common.fmt_num(v)
+  return "—" if v is None else reporting.fmt_num(v)
 
 
 def _method(rec) -> str:
@@ -451,7 +433,7 @@ def _method(rec) -> str:
 
 
 def _lib(rec) -> str:
-  return "ours" if rec["library"] == LIBRARY else "neural-tangents"
+  return "ours" if rec["library"] == OURS else "neural-tangents"
 
 
 def _largest(recs: list[dict]) -> str:
@@ -468,41 +450,146 @@ def _largest(recs: list[dict]) -> str:
   return f"**{best}** (N={nxt['n']}: {_st(nxt) or 'ok'})"
 
 
-def markdown(records: list[dict], meta: dict) -> str:
-  latest = {}
-  for r in records:
-    latest[cell_key(r)] = r
-  recs = sorted(latest.values(), key=lambda r: (r["n"], r["library"] != LIBRARY,
-                                                ORDER.index(r["implementation"])
-                                                if r["implementation"] in ORDER else 9))
-  m = meta.get("machine", {})
-  ok = [r for r in recs if r.get("status") == "ok"]
-  jv = sorted({r.get("jax_version") for r in ok if r["library"] == LIBRARY
-               and r.get("jax_version")})
-  pv = sorted({f"{r.get('library_version')} on JAX {r.get('jax_version')}" for r in ok
-               if r["library"] == PEER})
+def _reach(recs: list[dict], fields: tuple[str, ...], ours: str, peer: str) -> str:
+  """`_largest` of each group of `recs` that agree in `fields` (library, implementation, ...)."""
+  parts = []
+  for k in reporting.iter_unique(tuple(r[f] for f in fields) for r in recs):
+    g = [r for r in recs if tuple(r[f] for f in fields) == k]
+    parts.append(f"{ours if k[0] == OURS else peer} {SHORT[k[1]]}: {_largest(g)}")
+  return "; ".join(parts)
+
+
+def _single_section(single: list[dict]) -> list[str]:
+  head = ["N", "library", "method", "status", "first call s", "warm s", "entries/s first",
+          "entries/s warm", "peak RSS MB", "‖Θ‖_F"]
+  rows = [[r["n"], _lib(r), _method(r), _status(r), _num(r, "first_call_s"),
+           _num(r, "warm_s") + ("†" if r.get("status") == "ok" and
+                                r.get("warm_is_first_run") else ""),
+           _rate(r, "rate_first"), _rate(r, "rate_warm"), _rss(r),
+           _num(r, "kernel_norm", digits=6)] for r in single]
+  return (["### One call (the whole N × N kernel in memory)", ""] + reporting.table(head, rows)
+          + ["", "**Largest N in one call** (under the limits above): "
+             + _reach(single, ("library", "implementation"), "ours", "neural-tangents") + ".", ""])
+
+
+def _tiled_row(r: dict) -> list:
+  if r["kind"] == "dataset":
+    tile = r.get("tile", [None])[0] if r.get("tile") else (r.get("tile_request") or "plan")
+    per = ("—" if _st(r) else
+           f"plan {reporting.fmt_num(r.get('setup_s'))}; "
+           + " / ".join(reporting.fmt_num(r.get(k)) for k in ("first_diag_s", "first_pair_s"))
+           + " / " + reporting.fmt_num(r.get("median_pair_s") or r.get("median_diag_s")))
+    check = _sci(r.get("check_rel_err")) if r.get("check_rel_err") is not None else "—"
+  else:
+    tile = r.get("effective_batch_size") or r.get("batch_size")
+    per = ("—" if _st(r) or not r.get("n_tiles") else
+           f"{reporting.fmt_num(r['first_call_s'] / r['n_tiles'])} (first call) / "
+           + (reporting.fmt_num(r["median_s"] / r["n_tiles"]) if r.get("median_s") else "—")
+           + " (warm)")
+    check = "—"
+  tiles = f"{r.get('n_tiles')}" if r.get("n_tiles") else "—"
+  return [r["n"], _lib(r), _method(r), tile, tiles, _status(r), _num(r, "first_call_s"),
+          _num(r, "warm_s"), _rate(r, "rate_first"), _rate(r, "rate_warm"), per, _rss(r), check]
+
+
+def _tiled_section(tiled: list[dict], single: list[dict]) -> list[str]:
+  lines = ["### Dataset scale (tiled): `dataset_ntk` vs `nt.batch`", "",
+           "Ours: `dataset_ntk(ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=…), x, None, "
+           "params, store=TMP, tile=None)`: tile planned from the memory budget, each tile one "
+           "jitted call written to an on-disk zarr store; symmetric, so only tiles j ≥ i are "
+           "computed (diagonal tiles as Θ(a, a)). Time: the whole call (planning, two compiles, "
+           "tiles, writes; \"plan\": the part before the first tile). \"warm s\" for ours is "
+           "estimated from the tile times (every tile at its kind's median after the first, i.e. "
+           "without the compiles); per tile: first diagonal / first off-diagonal (each compiles) "
+           "/ median of the rest. Peer: `nt.batch(kernel_fn, batch_size=B, "
+           "store_on_device=False)(x, None, params)`: all (N/B)² batch pairs (it ignores the "
+           "symmetry), stacked in memory; first call (compile included) and a warm second call. "
+           "check: ‖stored − one call‖_F / ‖one call‖_F (small N only).", ""]
+  head = ["N", "library", "method", "tile / B", "tiles", "status", "time s (first call)",
+          "warm s", "entries/s", "entries/s warm", "s per tile", "peak RSS MB", "check"]
+  lines += reporting.table(head, [_tiled_row(r) for r in tiled])
+  lines += ["", "**Largest N tiled** (of those tried): "
+            + _reach(tiled, ("library", "implementation", "kind"), "ours dataset_ntk", "nt.batch")
+            + "."]
+  # Tiled vs one call at the same N (ours: best single method).
+  cmp_ = []
+  for r in tiled:
+    if r.get("status") != "ok" or r["kind"] != "dataset":
+      continue
+    s = [x for x in single if x["n"] == r["n"] and x["library"] == OURS
+         and x.get("status") == "ok" and x.get("rate_warm")]
+    if s:
+      best = max(s, key=lambda x: x["rate_warm"])
+      cmp_.append(f"N={r['n']}: tiled {_sci(r.get('rate_first'))} entries/s (whole call) vs "
+                  f"one call {SHORT[best['implementation']]} {_sci(best['rate_first'])} first / "
+                  f"{_sci(best['rate_warm'])} warm")
+  if cmp_:
+    lines += ["", "Tiled vs one call, ours, same N: " + "; ".join(cmp_) + "."]
+  return lines + [""]
+
+
+def _pseudo_row(r: dict) -> list:
+  bad = _st(r)
+  if bad:
+    return [r["n"], _method(r), bad] + ["—"] * 9
+  return [
+      r["n"], _method(r), "ok",
+      f"{reporting.fmt_num(r['first_call_s'])} / {reporting.fmt_num(r.get('median_s'))}",
+      f"{reporting.fmt_num(r['pseudo_first_call_s'])} / "
+      f"{reporting.fmt_num(r.get('pseudo_median_s'))}",
+      _sci(r["rel_err_pseudo_kron"]), _sci(r["rel_err_best_kron"]),
+      reporting.fmt_num(r["block_diag_mass"]), _sci(r["cond_theta"]), _sci(r["cond_pseudo"]),
+      _sci(r["cond_best_kron"]), _sci(r["pseudo_vs_blocksum_rel_err"])]
+
+
+def _pseudo_section(ps: list[dict]) -> list[str]:
+  lines = ["### Pseudo-NTK vs the full NTK (ours)", "",
+           "Θ: `ntk_fn(f, trace_axes=(), vmap_axes=0)` (N, N, O, O); Θ_p: `pseudo_ntk_fn(f, "
+           "vmap_axes=0)` (N, N), the NTK of Σ_o f_o / √O, equal to (1/O) Σ_{o,o'} Θ_{oo'} "
+           "(checked: \"Θ_p check\"), so that Θ = λ·I_O per block gives Θ_p = λ. Errors are "
+           "relative Frobenius norms over all N²O² entries: ‖Θ − Θ_p ⊗ I_O‖ / ‖Θ‖, and the same "
+           "for the best such approximation A ⊗ I_O (A = mean of each block's diagonal). Diagonal "
+           "mass: Σ Θ_{oo}² / ‖Θ‖² (on the O × O blocks' diagonals). cond: λ_max / λ_min of Θ as "
+           "an NO × NO matrix, of Θ_p (N × N), of A. Times: first call (compile + run) / warm.",
+           ""]
+  head = ["N", "method", "status", "Θ s", "Θ_p s", "‖Θ − Θ_p⊗I‖/‖Θ‖", "‖Θ − A⊗I‖/‖Θ‖",
+          "diag mass", "cond Θ", "cond Θ_p", "cond A", "Θ_p check"]
+  return lines + reporting.table(head, [_pseudo_row(r) for r in ps]) + [""]
+
+
+def _agreement(ok: list[dict]) -> list[str]:
+  """‖Θ‖_F of every kernel computed at one N (all methods, both libraries, one call / tiled)."""
+  spreads, bad = [], []
+  for n in sorted({r["n"] for r in ok}):
+    v = [r["kernel_norm"] for r in ok if r["n"] == n and r.get("kernel_norm")]
+    if len(v) > 1:
+      spread = (max(v) - min(v)) / max(v)
+      spreads.append((spread, n, len(v)))
+      if spread > 1e-3:
+        bad.append(f"N={n}: {spread:.1e}")
+  if not spreads:
+    return []
+  worst = max(spreads)
+  return [f"‖Θ‖_F of all kernels of one N (every method, both libraries, one call and tiled) "
+          f"agrees to {worst[0]:.1e} (worst: N={worst[1]}, {worst[2]} kernels)"
+          + (f"; **disagreement > 1e-3**: {', '.join(bad)}" if bad else "") + ".", ""]
+
+
+def _intro(recs: list[dict], ok: list[dict], meta: dict) -> list[str]:
+  """Commands, machine, model, what was measured, the machine load, notes."""
   arch = meta.get("arch", "rn18")
   o = meta.get("outputs", 10)
   size = meta.get("image_size", 32)
-  nparams = next((r.get("num_params") for r in ok if r.get("num_params")), None)
-  cmds = meta.get("commands") or [meta.get("command", "?")]
-  L = [f"## Dataset-scale NTK ({arch} {size}², O = {o}): tiled vs one call, ours vs "
-       "neural-tangents' `nt.batch`", ""]
-  L.append("Command" + ("s (in order, " if len(cmds) > 1 else " (") + "from the repository root): "
-           + "; ".join(f"`{c}`" for c in cmds))
-  L.append("")
-  if meta.get("git"):
-    L.append(f"ntk_zoo code of the last command: commit {meta['git']}.")
-    L.append("")
-  L.append(f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model', '?')}), shared with other "
-           f"jobs; {meta.get('platform', 'cpu')}; ntk_zoo on JAX {', '.join(jv) or '?'}"
-           + (f"; neural-tangents {', '.join(pv)}" if pv else "") + f"; {m.get('date', '?')}.")
-  L.append("")
+  lines = reporting.header(f"## Dataset-scale NTK ({arch} {size}², O = {o}): tiled vs one call, "
+                           "ours vs neural-tangents' `nt.batch`", meta,
+                           reporting.jax_versions(r for r in ok if r["library"] == OURS),
+                           reporting.peer_versions(r for r in ok if r["library"] == PEER))
   budget = meta.get("memory_budget")
-  L.append(
+  nparams = next((r.get("num_params") for r in ok if r.get("num_params")), None)
+  lines.append(
       f"Model: `benchmarks/pure_resnet.py` {arch} ({nparams:,} parameters) " if nparams else
       f"Model: `benchmarks/pure_resnet.py` {arch} ")
-  L[-1] += (
+  lines[-1] += (
       f"at {size}×{size}, O = {o}, float32; the full NTK (`trace_axes=()`, `vmap_axes=0`) of N "
       f"inputs with themselves (x2 = None), N² · O² entries; entries/s = N² · O² / time. Each "
       "cell ran in a fresh subprocess, one at a time, ours and the peer's back to back per N; "
@@ -519,166 +606,33 @@ def markdown(records: list[dict], meta: dict) -> str:
       "compilation; what the cap applies to). Our memory budget: "
       + (f"`memory_budget={budget}`" if budget else "ntk_zoo's default (60 % of the RAM "
          "available when the kernel is first called)") + ".")
-  L.append("")
-  loads = sorted(l for r in recs for l in (r.get("loadavg_1m") or []))
-  if loads:
-    L.append(f"Machine load (1-min load average at each cell's start and end): median "
-             f"{loads[len(loads) // 2]:.1f}, range {loads[0]:.1f}–{loads[-1]:.1f}.")
-    L.append("")
-  for note in meta.get("notes") or []:
-    L += [note, ""]
+  lines.append("")
+  load = reporting.load_range(recs)
+  if load:
+    lines += [f"Machine load (1-min load average at each cell's start and end): {load}.", ""]
+  return lines + reporting.notes(meta)
 
-  # Single call.
+
+def markdown(records: list[dict], meta: dict) -> str:
+  recs = sorted(reporting.latest(records, cell_key),
+                key=lambda r: (r["n"], r["library"] != OURS,
+                               ORDER.index(r["implementation"]) if r["implementation"] in ORDER
+                               else 9))
+  ok = [r for r in recs if r.get("status") == "ok"]
   single = [r for r in recs if r["kind"] in ("single", "peer_single")]
-  if single:
-    L += ["### One call (the whole N × N kernel in memory)", ""]
-    head = ["N", "library", "method", "status", "first call s", "warm s", "entries/s first",
-            "entries/s warm", "peak RSS MB", "‖Θ‖_F"]
-    L += [_row(head), _row(["---"] * len(head))]
-    for r in single:
-      L.append(_row([r["n"], _lib(r), _method(r), _status(r), _num(r, "first_call_s"),
-                     _num(r, "warm_s") + ("†" if r.get("status") == "ok" and
-                                          r.get("warm_is_first_run") else ""),
-                     _rate(r, "rate_first"), _rate(r, "rate_warm"), _rss(r),
-                     _num(r, "kernel_norm", digits=6)]))
-    L.append("")
-    groups = common.iter_unique((r["library"], r["implementation"]) for r in single)
-    parts = []
-    for lib, impl in groups:
-      g = [r for r in single if (r["library"], r["implementation"]) == (lib, impl)]
-      parts.append(f"{'ours' if lib == LIBRARY else 'neural-tangents'} {SHORT[impl]}: "
-                   f"{_largest(g)}")
-    L.append("**Largest N in one call** (under the limits above): " + "; ".join(parts) + ".")
-    L.append("")
-
-  # Dataset scale.
   tiled = [r for r in recs if r["kind"] in ("dataset", "peer_batch")]
-  if tiled:
-    L += ["### Dataset scale (tiled): `dataset_ntk` vs `nt.batch`", ""]
-    L.append(
-        "Ours: `dataset_ntk(ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=…), x, None, "
-        "params, store=TMP, tile=None)`: tile planned from the memory budget, each tile one "
-        "jitted call written to an on-disk zarr store; symmetric, so only tiles j ≥ i are "
-        "computed (diagonal tiles as Θ(a, a)). Time: the whole call (planning, two compiles, "
-        "tiles, writes; \"plan\": the part before the first tile). \"warm s\" for ours is estimated from the tile times (every tile at its "
-        "kind's median after the first, i.e. without the compiles); per tile: first diagonal / "
-        "first off-diagonal (each compiles) / median of the rest. Peer: `nt.batch(kernel_fn, "
-        "batch_size=B, store_on_device=False)(x, None, params)`: all (N/B)² batch pairs "
-        "(it ignores the symmetry), stacked in memory; first call (compile included) and a warm "
-        "second call. check: ‖stored − one call‖_F / ‖one call‖_F (small N only).")
-    L.append("")
-    head = ["N", "library", "method", "tile / B", "tiles", "status", "time s (first call)",
-            "warm s", "entries/s", "entries/s warm", "s per tile", "peak RSS MB", "check"]
-    L += [_row(head), _row(["---"] * len(head))]
-    for r in tiled:
-      if r["kind"] == "dataset":
-        tile = r.get("tile", [None])[0] if r.get("tile") else (r.get("tile_request") or "plan")
-        tiles = f"{r.get('n_tiles')}" if r.get("n_tiles") else "—"
-        per = ("—" if _st(r) else
-               f"plan {common.fmt_num(r.get('setup_s'))}; "
-               + " / ".join(common.fmt_num(r.get(k)) for k in ("first_diag_s", "first_pair_s"))
-               + " / " + common.fmt_num(r.get("median_pair_s") or r.get("median_diag_s")))
-        check = _sci(r.get("check_rel_err")) if r.get("check_rel_err") is not None else "—"
-      else:
-        tile = r.get("effective_batch_size") or r.get("batch_size")
-        tiles = f"{r.get('n_tiles')}" if r.get("n_tiles") else "—"
-        per = ("—" if _st(r) or not r.get("n_tiles") else
-               f"{common.fmt_num(r['first_call_s'] / r['n_tiles'])} (first call) / "
-               + (common.fmt_num(r["median_s"] / r["n_tiles"]) if r.get("median_s") else "—")
-               + " (warm)")
-        check = "—"
-      L.append(_row([r["n"], _lib(r), _method(r), tile, tiles, _status(r),
-                     _num(r, "first_call_s"), _num(r, "warm_s"), _rate(r, "rate_first"),
-                     _rate(r, "rate_warm"), per, _rss(r), check]))
-    L.append("")
-    parts = []
-    for lib, impl, kind in common.iter_unique((r["library"], r["implementation"], r["kind"])
-                                              for r in tiled):
-      g = [r for r in tiled if (r["library"], r["implementation"], r["kind"]) == (lib, impl, kind)]
-      parts.append(f"{'ours dataset_ntk' if lib == LIBRARY else 'nt.batch'} {SHORT[impl]}: "
-                   f"{_largest(g)}")
-    L.append("**Largest N tiled** (of those tried): " + "; ".join(parts) + ".")
-    # Tiled vs one call at the same N (ours: best single method).
-    cmp_ = []
-    for r in tiled:
-      if r.get("status") != "ok" or r["kind"] != "dataset":
-        continue
-      s = [x for x in single if x["n"] == r["n"] and x["library"] == LIBRARY
-           and x.get("status") == "ok" and x.get("rate_warm")]
-      if s:
-        best = max(s, key=lambda x: x["rate_warm"])
-        cmp_.append(f"N={r['n']}: tiled {_sci(r.get('rate_first'))} entries/s (whole call) vs "
-                    f"one call {SHORT[best['implementation']]} {_sci(best['rate_first'])} first / "
-                    f"{_sci(best['rate_warm'])} warm")
-    if cmp_:
-      L.append("")
-      L.append("Tiled vs one call, ours, same N: " + "; ".join(cmp_) + ".")
-    L.append("")
-
-  # Pseudo-NTK.
   ps = [r for r in recs if r["kind"] == "pseudo"]
-  if ps:
-    L += ["### Pseudo-NTK vs the full NTK (ours)", ""]
-    L.append(
-        "Θ: `ntk_fn(f, trace_axes=(), vmap_axes=0)` (N, N, O, O); Θ_p: `pseudo_ntk_fn(f, "
-        "vmap_axes=0)` (N, N), the NTK of Σ_o f_o / √O, equal to (1/O) Σ_{o,o'} Θ_{oo'} (checked: "
-        "\"Θ_p check\"), so that Θ = λ·I_O per block gives Θ_p = λ. Errors are relative Frobenius "
-        "norms over all N²O² entries: ‖Θ − Θ_p ⊗ I_O‖ / ‖Θ‖, and the same for the best such "
-        "approximation A ⊗ I_O (A = mean of each block's diagonal). Diagonal mass: Σ Θ_{oo}² / "
-        "‖Θ‖² (on the O × O blocks' diagonals). cond: λ_max / λ_min of Θ as an NO × NO matrix, "
-        "of Θ_p (N × N), of A. Times: first call (compile + run) / warm.")
-    L.append("")
-    head = ["N", "method", "status", "Θ s", "Θ_p s", "‖Θ − Θ_p⊗I‖/‖Θ‖", "‖Θ − A⊗I‖/‖Θ‖",
-            "diag mass", "cond Θ", "cond Θ_p", "cond A", "Θ_p check"]
-    L += [_row(head), _row(["---"] * len(head))]
-    for r in ps:
-      bad = _st(r)
-      if bad:
-        L.append(_row([r["n"], _method(r), bad] + ["—"] * 9))
-        continue
-      L.append(_row([
-          r["n"], _method(r), "ok",
-          f"{common.fmt_num(r['first_call_s'])} / {common.fmt_num(r.get('median_s'))}",
-          f"{common.fmt_num(r['pseudo_first_call_s'])} / "
-          f"{common.fmt_num(r.get('pseudo_median_s'))}",
-          _sci(r["rel_err_pseudo_kron"]), _sci(r["rel_err_best_kron"]),
-          common.fmt_num(r["block_diag_mass"]), _sci(r["cond_theta"]), _sci(r["cond_pseudo"]),
-          _sci(r["cond_best_kron"]), _sci(r["pseudo_vs_blocksum_rel_err"])]))
-    L.append("")
-  # ‖Θ‖_F of every kernel computed at one N (all methods, both libraries, one call / tiled).
-  spreads, bad = [], []
-  for n in sorted({r["n"] for r in ok}):
-    v = [r["kernel_norm"] for r in ok if r["n"] == n and r.get("kernel_norm")]
-    if len(v) > 1:
-      spread = (max(v) - min(v)) / max(v)
-      spreads.append((spread, n, len(v)))
-      if spread > 1e-3:
-        bad.append(f"N={n}: {spread:.1e}")
-  if spreads:
-    worst = max(spreads)
-    L.append(f"‖Θ‖_F of all kernels of one N (every method, both libraries, one call and tiled) "
-             f"agrees to {worst[0]:.1e} (worst: N={worst[1]}, {worst[2]} kernels)"
-             + (f"; **disagreement > 1e-3**: {', '.join(bad)}" if bad else "") + ".")
-    L.append("")
-  L.append(f"Raw records: `{meta.get('out_rel', 'benchmarks/out/dataset.jsonl')}` (per-tile times, "
-           "plans, XLA FLOPs, …; not committed).")
-  return "\n".join(L)
+  lines = _intro(recs, ok, meta)
+  lines += _single_section(single) if single else []
+  lines += _tiled_section(tiled, single) if tiled else []
+  lines += _pseudo_section(ps) if ps else []
+  lines += _agreement(ok)
+  lines.append(f"Raw records: `{meta.get('out_rel', 'benchmarks/out/dataset.jsonl')}` (per-tile "
+               "times, plans, XLA FLOPs, …; not committed).")
+  return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
-
-def _git_state() -> str:
-  """HEAD's short hash, plus a note if ntk_zoo/ has uncommitted changes (read-only git)."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  try:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "ntk_zoo"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-  return head + (" + uncommitted changes in ntk_zoo/" if dirty else "")
-
 
 DEFAULT_N_SINGLE = "16,32,64,128,256,512"
 DEFAULT_N_DATASET = "256,512"
@@ -687,11 +641,11 @@ DEFAULT_N_DATASET = "256,512"
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--n-single", type=common.int_list, default=common.int_list(DEFAULT_N_SINGLE),
+  p.add_argument("--n-single", type=methods.int_list, default=methods.int_list(DEFAULT_N_SINGLE),
                  help=f"N for one-call cells (default {DEFAULT_N_SINGLE}); '' for none")
-  p.add_argument("--n-dataset", type=common.int_list, default=common.int_list(DEFAULT_N_DATASET),
+  p.add_argument("--n-dataset", type=methods.int_list, default=methods.int_list(DEFAULT_N_DATASET),
                  help=f"N for tiled cells (default {DEFAULT_N_DATASET}); '' for none")
-  p.add_argument("--n-pseudo", type=common.int_list, default=[64],
+  p.add_argument("--n-pseudo", type=methods.int_list, default=[64],
                  help="N for the pseudo-NTK cells (default 64); '' for none")
   p.add_argument("--implementations", type=impl_list, default=list(ORDER),
                  help="ours, one call: jc,vp,sd,auto (default all)")
@@ -730,69 +684,45 @@ def main(argv=None) -> None:
   p.add_argument("--keep-stores", action="store_true", help="do not delete the stores")
   p.add_argument("--no-skip-larger", action="store_true",
                  help="run larger N even after a smaller one ran out of memory/time")
-  p.add_argument("--out", default=os.path.join(HERE, "out", "dataset.jsonl"))
+  p.add_argument("--out", default=os.path.join(harness.BENCHMARKS, "out", "dataset.jsonl"))
   p.add_argument("--fresh", action="store_true",
                  help="delete --out first (default: resume, skipping cells already recorded)")
   p.add_argument("--markdown", action="store_true", help="print the markdown section")
   p.add_argument("--results-md", default=None,
                  help="also write the section between its markers in this file")
   p.add_argument("--report-only", action="store_true", help="run nothing (with --markdown)")
-  p.add_argument("--note", action="append", default=None,
-                 help="a paragraph for the markdown section (kept in the .meta.json)")
-  p.add_argument("--cell", default=None, help=argparse.SUPPRESS)
+  harness.add_note_arg(p)
   argv = sys.argv[1:] if argv is None else argv
   args = p.parse_args(argv)
-  if args.cell:
-    run_one_cell(json.loads(args.cell))
-    return
-
   meta_path = args.out + ".meta.json"
-  old = {}
-  if os.path.exists(meta_path) and not args.fresh:
-    with open(meta_path) as f:
-      old = json.load(f)
+  old = {} if args.fresh else harness.read_meta(meta_path)
   if not args.report_only:
-    peer_py = None
-    if args.peer_venv:
-      peer_py = os.path.join(os.path.expanduser(args.peer_venv), "bin", "python")
-      if not os.path.exists(peer_py):
-        p.error(f"--peer-venv: {peer_py} not found; build it with setup_neural_tangents.sh")
-    jobs = build_jobs(args, peer_py)
-    import jax  # pylint: disable=g-import-not-at-top
-    meta = {"command": shlex.join([sys.executable,
-                                   os.path.relpath(os.path.abspath(__file__), REPO), *argv]),
-            "machine": common.machine_info(), "platform": jax.devices()[0].platform,
-            "repeats": args.repeats, "timeout": args.timeout, "mem_limit_mb": args.mem_limit_mb,
-            "dataset_timeout": args.dataset_timeout or args.timeout,
-            "memory_budget": args.memory_budget, "arch": args.arch, "outputs": args.outputs,
-            "image_size": args.image_size,
-            "out_rel": os.path.relpath(os.path.abspath(args.out), REPO), "git": _git_state()}
+    jobs = build_jobs(args, harness.peer_python(p, args.peer_venv))
+    meta = harness.sweep_meta(
+        __file__, argv, args, git=True, dataset_timeout=args.dataset_timeout or args.timeout,
+        memory_budget=args.memory_budget, arch=args.arch, outputs=args.outputs,
+        image_size=args.image_size)
     if old and os.path.exists(args.out):
-      meta["commands"] = old.get("commands", [old.get("command")]) + [meta["command"]]
+      harness.chain_commands(meta, old)
       meta["notes"] = old.get("notes")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(meta_path, "w") as f:
-      json.dump(meta, f, indent=1)
+    harness.write_meta(meta_path, meta)
     old = meta
     t0 = time.time()
     print(f"{len(jobs)} cells, one at a time, timeout {args.timeout:.0f} s, memory cap "
           f"{args.mem_limit_mb:.0f} MB each", file=sys.stderr)
     run_sweep(jobs, args)
     print(f"done in {time.time() - t0:.0f} s; records in {args.out}", file=sys.stderr)
-  if args.note is not None:
-    old["notes"] = [n for n in args.note if n]
-    with open(meta_path, "w") as f:
-      json.dump(old, f, indent=1)
+  harness.save_notes(meta_path, old, args.note)
   if args.markdown or args.results_md:
     if not old:
       p.error(f"{meta_path} not found: run the sweep first")
-    body = markdown(common.read_jsonl(args.out), old)
+    body = markdown(harness.read_jsonl(args.out), old)
     if args.markdown:
       print(body)
     if args.results_md:
-      common.replace_between_markers(args.results_md, BEGIN, END, body)
+      reporting.replace_between_markers(args.results_md, BEGIN, END, body)
       print(f"wrote the dataset section of {args.results_md}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-  main()
+  harness.script_main(main, run_one_cell)

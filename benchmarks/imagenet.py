@@ -30,26 +30,26 @@ import time
 _PROC_T0 = time.time()
 
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
-import json
 import os
 import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pure_resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+import reporting  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 BEGIN, END = "<!-- imagenet:begin -->", "<!-- imagenet:end -->"
 PURE = ("rn18", "rn50", "rn152")
 ZOO = {"wrn50_2": "wide_resnet50_2", "vit_b16": "vit_b16", "mixer_b16": "mixer_b16"}
 MODELS = PURE + tuple(ZOO)
-SD, VP, JC, AUTO, NAIVE = ("structured_derivatives", "ntk_vector_products",
-                           "jacobian_contraction", "auto", "naive")
-ALIASES = {"sd": SD, "vp": VP, "jc": JC, "auto": AUTO, "naive": NAIVE}
-SHORT = {SD: "SD", VP: "VP", JC: "JC", AUTO: "auto", NAIVE: "naive"}
+SD, VP, JC, AUTO, NAIVE = methods.SD, methods.VP, methods.JC, methods.AUTO, methods.NAIVE
+METHODS = (SD, VP, JC, AUTO, NAIVE)
+SHORT = {m: methods.SHORT[m] for m in METHODS}
+ALIASES = {SHORT[m].lower(): m for m in METHODS}  # sd, vp, jc, auto, naive.
+impl_list = methods.impl_parser(METHODS)
 IMAGE_SIZE = 224
 
 
@@ -112,8 +112,7 @@ def run_one_cell(cell: dict) -> None:
 
   def measure():
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    info = {"library_version": common.package_version("ntk_zoo")}
-    info.update(common.jax_info())
+    info = harness.cell_info(harness.package_version("ntk_zoo"))
     f, params = _model(cell["arch"], cell["outputs"])
     info["num_params"] = pure_resnet.num_params(params)
     x1, x2 = (jnp.asarray(x) for x in pure_resnet.inputs(1, IMAGE_SIZE))
@@ -125,9 +124,9 @@ def run_one_cell(cell: dict) -> None:
       from ntk_zoo import ntk_fn  # pylint: disable=g-import-not-at-top
       kernel = ntk_fn(f, implementation=impl, trace_axes=(), vmap_axes=0)
       fn = lambda a, b, p: kernel(a, b, p)  # noqa: E731
-    res = common.time_fn(fn, x1, x2, params, repeats=cell["repeats"], time_budget_s=budget,
-                         min_repeats=min(1, cell["repeats"]),
-                         min_time_s=0.0 if cell["repeats"] == 0 else 1.0, keep_output=True)
+    res = harness.time_fn(fn, x1, x2, params, repeats=cell["repeats"], time_budget_s=budget,
+                          min_repeats=min(1, cell["repeats"]),
+                          min_time_s=0.0 if cell["repeats"] == 0 else 1.0, keep_output=True)
     theta = res.pop("_out", None)
     info.update(res)
     if impl != NAIVE and kernel.last_decision is not None:
@@ -142,14 +141,13 @@ def run_one_cell(cell: dict) -> None:
       info["block_err"] = check_block(f, params, x1, x2, theta, cell["outputs"])
     return info
 
-  common.cell_main(measure, meta)
+  harness.cell_main(measure, meta)
 
 
 # ---------------------------------------------------------------------------------------------
 # The sweep and the report.
 
-def cell_key(rec: dict) -> tuple:
-  return (rec.get("library"), rec.get("implementation"), rec.get("arch"), rec.get("outputs"))
+cell_key = harness.record_key("library", "implementation", "arch", "outputs")
 
 
 def build_jobs(args, peer_python):
@@ -159,14 +157,13 @@ def build_jobs(args, peer_python):
       base = {"benchmark": "imagenet", "arch": arch, "n": 1, "outputs": o, "dtype": "float32",
               "image_size": IMAGE_SIZE, "model": "pure" if arch in PURE else "zoo"}
       for impl in args.implementations:
-        meta = dict(base, library="ntk_zoo", implementation=impl)
+        meta = dict(base, library=methods.OURS, implementation=impl)
         cell = dict(meta, repeats=args.repeats, timeout_s=args.timeout)
-        jobs.append((meta, [sys.executable, os.path.abspath(__file__), "--cell",
-                            json.dumps(cell)]))
+        jobs.append((meta, harness.cell_command(__file__, cell)))
         if peer_python and arch in PURE and impl in args.peer_implementations:
-          pmeta = dict(base, library=peer_resnet.LIBRARY, implementation=impl)
+          pmeta = dict(base, library=methods.PEER, implementation=impl)
           pcell = dict(pmeta, repeats=args.repeats, timeout_s=args.timeout)
-          jobs.append((pmeta, peer_resnet.cell_command(pcell, peer_python)))
+          jobs.append((pmeta, harness.cell_command(peer_resnet.__file__, pcell, peer_python)))
   return jobs
 
 
@@ -179,20 +176,17 @@ def _fmt_s(rec: dict) -> str:
 
 
 def markdown(records: list[dict], commands: list[str]) -> str:
-  latest = {}
-  for r in records:
-    latest[cell_key(r)] = r
-  rows = sorted(latest.values(), key=lambda r: (MODELS.index(r["arch"]) if r["arch"] in MODELS
-                                                else 99, r["outputs"], r["library"],
-                                                r["implementation"]))
+  rows = sorted(reporting.latest(records, cell_key),
+                key=lambda r: (MODELS.index(r["arch"]) if r["arch"] in MODELS else 99,
+                               r["outputs"], r["library"], r["implementation"]))
   loads = [x for r in rows for x in (r.get("loadavg_1m") or [])]
   out = [
       "## ImageNet models: the full O×O NTK of one pair of 224² images (paper Fig. 2 / Fig. 4)",
       "",
       "Commands: " + "; ".join(f"`{c}`" for c in commands),
       "",
-      f"Machine: {common.machine_info()['cpu_count']} CPUs "
-      f"({common.machine_info()['cpu_model']}); load (1-min average at cell start): "
+      f"Machine: {harness.machine_info()['cpu_count']} CPUs "
+      f"({harness.machine_info()['cpu_model']}); load (1-min average at cell start): "
       + (f"{min(loads):.1f}–{max(loads):.1f}" if loads else "n/a") + ".",
       "",
       "Time: warm median (s); ¹ first run after compiling (the only run for slow cells). "
@@ -206,35 +200,28 @@ def markdown(records: list[dict], commands: list[str]) -> str:
   ]
   for r in rows:
     peak = r.get("run_peak_mb", r.get("peak_mb"))
-    out.append("| " + " | ".join([
-        r["arch"], str(r["outputs"]), r["library"], SHORT.get(r["implementation"],
-                                                               r["implementation"]),
-        (r.get("plan") or "").replace("|", "/"), _fmt_s(r),
-        common.fmt_num(r.get("compile_s")), common.fmt_num(r.get("peak_rss_mb")),
-        common.fmt_num(peak),
-        common.fmt_num(r.get("xla_temp_mb")),
-        f"{r['block_err']:.1e}" if r.get("block_err") is not None else "—"]) + " |")
+    out.append(reporting.row([
+        r["arch"], r["outputs"], r["library"], SHORT.get(r["implementation"], r["implementation"]),
+        (r.get("plan") or "").replace("|", "/"), _fmt_s(r), reporting.fmt_num(r.get("compile_s")),
+        reporting.fmt_num(r.get("peak_rss_mb")), reporting.fmt_num(peak),
+        reporting.fmt_num(r.get("xla_temp_mb")),
+        f"{r['block_err']:.1e}" if r.get("block_err") is not None else "—"]))
   return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> None:
   argv = sys.argv[1:] if argv is None else argv
-  if argv and argv[0] == "--cell":
-    run_one_cell(json.loads(argv[1]))
-    return
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--models", default="rn18,rn50", type=lambda s: [m for m in s.split(",") if m])
-  ap.add_argument("--outputs", default="10,100,1000", type=common.int_list)
-  ap.add_argument("--implementations", default="auto",
-                  type=lambda s: [ALIASES[v] for v in s.split(",") if v])
+  ap.add_argument("--outputs", default="10,100,1000", type=methods.int_list)
+  ap.add_argument("--implementations", default="auto", type=impl_list)
   ap.add_argument("--peer-venv", default=None)
-  ap.add_argument("--peer-implementations", default="sd",
-                  type=lambda s: [ALIASES[v] for v in s.split(",") if v])
+  ap.add_argument("--peer-implementations", default="sd", type=impl_list)
   ap.add_argument("--repeats", type=int, default=1)
   ap.add_argument("--timeout", type=float, default=1800)
   ap.add_argument("--mem-limit-mb", type=float, default=21000)
-  ap.add_argument("--out", default=os.path.join(HERE, "out", "imagenet.jsonl"))
-  ap.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
+  ap.add_argument("--out", default=os.path.join(harness.BENCHMARKS, "out", "imagenet.jsonl"))
+  ap.add_argument("--results-md", default=os.path.join(harness.BENCHMARKS, "RESULTS.md"))
   ap.add_argument("--markdown", action="store_true")
   ap.add_argument("--report-only", action="store_true")
   args = ap.parse_args(argv)
@@ -249,18 +236,18 @@ def main(argv=None) -> None:
     for i, (meta, job) in enumerate(jobs):
       print(f"[{i + 1}/{len(jobs)}] {meta['library']} {SHORT.get(meta['implementation'])} "
             f"{meta['arch']} O={meta['outputs']}", flush=True)
-      rec = common.run_cell(job, args.timeout, args.mem_limit_mb, cwd=REPO)
+      rec = harness.run_cell(job, args.timeout, args.mem_limit_mb, cwd=harness.REPO)
       rec.update({k: v for k, v in meta.items() if k not in rec})
       rec["command"] = cmd
-      common.append_jsonl(args.out, rec)
+      harness.append_jsonl(args.out, rec)
       print(f"    {rec.get('status')} time {_fmt_s(rec)} s peak "
-            f"{common.fmt_num(rec.get('run_peak_mb', rec.get('peak_mb')))} MB "
+            f"{reporting.fmt_num(rec.get('run_peak_mb', rec.get('peak_mb')))} MB "
             f"{rec.get('plan', '')} err {rec.get('block_err')}", flush=True)
   if args.markdown:
-    records = common.read_jsonl(args.out)
+    records = harness.read_jsonl(args.out)
     commands = list(dict.fromkeys(r["command"] for r in records if r.get("command")))
-    common.replace_between_markers(args.results_md, BEGIN, END, markdown(records, commands))
+    reporting.replace_between_markers(args.results_md, BEGIN, END, markdown(records, commands))
 
 
 if __name__ == "__main__":
-  main()
+  harness.script_main(main, run_one_cell)

@@ -2,15 +2,16 @@
 
 Runs under the neural-tangents venv (`benchmarks/peer/setup_neural_tangents.sh`: neural-tangents
 0.6.5 on JAX 0.4.23), one cell per process, started by `dataset.py --peer-venv PATH`. It imports
-only `common`, `pure_resnet` (from this directory) and `neural_tangents`, never ntk_zoo, so
-`dataset.py` can import it in ntk_zoo's venv too (for `META_KEYS`, `cell_command`, `time_calls`).
+only `harness`, `peer_nt`, `pure_resnet` (from this directory) and `neural_tangents`, never
+ntk_zoo, so `dataset.py` can import it in ntk_zoo's venv too (for `META_KEYS`, `add_rates` and
+`kernel_norm`).
 
     <peer-venv>/bin/python benchmarks/peer_dataset.py --cell '{"kind": "peer_batch", ...}'
 
 Cells (model `pure_resnet`, inputs `pure_resnet.inputs(n, image_size)[0]`, symmetric: x2=None):
 
 * `peer_single`: `nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=1|2|3)`,
-  jitted, timed by `common.time_fn` (compile, first run, warm runs).
+  jitted, timed by `harness.time_fn` (compile, first run, warm runs).
 * `peer_batch`: `nt.batch(that kernel_fn, batch_size=B, store_on_device=False)` called as
   `batched(x, None, params)`, not jitted (as neural-tangents prescribes: it jits the kernel of one
   B × B batch pair itself and loops over the pairs in Python). Timed by `time_calls`: the first
@@ -21,8 +22,8 @@ Cells (model `pure_resnet`, inputs `pure_resnet.inputs(n, image_size)[0]`, symme
   gcd(N, N) = N with a warning. The pairs are stacked with `jnp.stack` and transposed into the
   (N, N, O, O) kernel at the end, in memory: one copy of the tiles plus the assembled kernel.
 
-As in `peer_resnet.py`, `neural_tangents.experimental` (TensorFlow interop, ~6 s and ~0.5 GB per
-process) is replaced by an empty module unless the cell asks for `import_tf`.
+As in `peer_resnet.py`, `neural_tangents.experimental` (TensorFlow interop) is replaced by an
+empty module unless the cell asks for `import_tf` (`peer_nt.import_nt`).
 """
 
 from __future__ import annotations
@@ -31,30 +32,21 @@ import time
 
 _PROC_T0 = time.time()
 
-import json  # pylint: disable=g-import-not-at-top,wrong-import-position
-import os
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 import statistics
 import sys
-import types
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+import peer_nt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pure_resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-LIBRARY = "neural-tangents"
 META_KEYS = ("benchmark", "kind", "library", "implementation", "arch", "n", "image_size",
              "outputs", "dtype", "batch_size")
 _MB = 1024.0 * 1024.0
-
-
-def _import_nt(import_tf: bool):
-  if not import_tf and "neural_tangents.experimental" not in sys.modules:
-    sys.modules["neural_tangents.experimental"] = types.ModuleType("neural_tangents.experimental")
-  import neural_tangents as nt  # pylint: disable=g-import-not-at-top
-  return nt
 
 
 def entries(n: int, outputs: int) -> int:
@@ -85,16 +77,16 @@ def time_calls(fn, repeats: int = 1, time_budget_s: float | None = None,
   `median_s`/`min_s` are over the warm calls (at least `repeats`, more while under `min_time_s`
   in all, fewer where the next would overrun `time_budget_s`; possibly none, then `runs` = 0).
   Memory: process peak RSS minus the RSS at entry, over the first call (`first_peak_mb`,
-  compile included) and, after a reset of the peak mark (`common.reset_peak_rss`), over the
-  warm calls (`run_peak_mb`). The output of the last call is returned under "_out".
+  compile included) and, after a reset of the peak mark (`harness.reset_peak_rss`), over the warm
+  calls (`run_peak_mb`). The output of the last call is returned under "_out".
   """
   start = time.perf_counter()
-  base = common.current_rss_bytes()
+  base = harness.current_rss_bytes()
   t = time.perf_counter()
-  out = _block(fn())
+  out = harness.block(fn())
   first = time.perf_counter() - t
-  first_peak = common.max_rss_bytes()
-  can_reset = common.reset_peak_rss()
+  first_peak = harness.max_rss_bytes()
+  can_reset = harness.reset_peak_rss()
   times: list[float] = []
   while True:
     n = len(times)
@@ -106,9 +98,9 @@ def time_calls(fn, repeats: int = 1, time_budget_s: float | None = None,
         break
     del out  # Let the previous kernel go before the next is assembled.
     t = time.perf_counter()
-    out = _block(fn())
+    out = harness.block(fn())
     times.append(time.perf_counter() - t)
-  run_peak = common.max_rss_bytes()
+  run_peak = harness.max_rss_bytes()
   res = {"first_call_s": first, "times_s": times, "runs": len(times),
          "median_s": statistics.median(times) if times else None,
          "min_s": min(times) if times else None,
@@ -118,12 +110,6 @@ def time_calls(fn, repeats: int = 1, time_budget_s: float | None = None,
     res["run_peak_mb"] = max(0, run_peak - base) / _MB
   res["peak_mb"] = max(res["first_peak_mb"], res.get("run_peak_mb", 0.0))
   return res
-
-
-def _block(x):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree_util.tree_map(
-      lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
 
 
 def add_rates(info: dict, n: int, outputs: int) -> dict:
@@ -143,63 +129,55 @@ def add_rates(info: dict, n: int, outputs: int) -> dict:
   return info
 
 
+def _time_batched(nt, kernel, x, params, cell: dict, budget: float) -> dict:
+  """`nt.batch(kernel, batch_size=B, store_on_device=False)(x, None, params)`, timed."""
+  bs = cell["batch_size"]
+  batched = nt.batch(kernel, batch_size=bs, store_on_device=False)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    res = time_calls(lambda: batched(x, None, params), repeats=cell["repeats"],
+                     time_budget_s=budget)
+  out = res.pop("_out")
+  notes = [str(w.message) for w in caught if "atch size" in str(w.message)]
+  if notes:
+    res["nt_warnings"] = notes
+  eff = bs
+  for msg in notes:  # "Batch size is reduced from requested %d to effective %d ..."
+    if "effective" in msg:
+      eff = int(msg.split("effective")[1].split()[0])
+  res["effective_batch_size"] = eff
+  res["n_tiles"] = (cell["n"] // eff) ** 2
+  res["kernel_shape"] = list(np.shape(out))
+  res["kernel_norm"] = kernel_norm(out)
+  return res
+
+
 def run_one_cell(cell: dict) -> None:
   meta = {k: cell.get(k) for k in META_KEYS}
 
   def measure():
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    nt = _import_nt(cell.get("import_tf", False))
     f, params = pure_resnet.model(cell["arch"], cell["outputs"])
+    nt, kernel, info = peer_nt.kernel(f, cell)
     x = jnp.asarray(pure_resnet.inputs(cell["n"], cell["image_size"])[0])
-    impl_id = common.PEER_IDS[cell["implementation"]]
-    info = {"library_version": getattr(nt, "__version__",
-                                       common.package_version("neural-tangents")),
-            "peer_implementation_id": impl_id}
-    info.update(common.jax_info())
     info["num_params"] = pure_resnet.num_params(params)
-    kernel = nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=impl_id)
     budget = cell["timeout_s"] - (time.time() - _PROC_T0) - 5.0
     if cell["kind"] == "peer_single":
-      res = common.time_fn(lambda a, p: kernel(a, None, p), x, params,
-                           repeats=cell["repeats"], time_budget_s=budget, min_repeats=0)
+      res = harness.time_fn(lambda a, p: kernel(a, None, p), x, params,
+                            repeats=cell["repeats"], time_budget_s=budget, min_repeats=0)
       res["first_call_s"] = res["compile_s"] + res["first_run_s"]
-      info.update(res)
-      return add_rates(info, cell["n"], cell["outputs"])
-    if cell["kind"] != "peer_batch":
+    elif cell["kind"] == "peer_batch":
+      res = _time_batched(nt, kernel, x, params, cell, budget)
+    else:
       raise ValueError(f"unknown cell kind {cell['kind']!r}")
-    bs = cell["batch_size"]
-    batched = nt.batch(kernel, batch_size=bs, store_on_device=False)
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      res = time_calls(lambda: batched(x, None, params), repeats=cell["repeats"],
-                       time_budget_s=budget)
-    out = res.pop("_out")
     info.update(res)
-    notes = [str(w.message) for w in caught if "atch size" in str(w.message)]
-    if notes:
-      info["nt_warnings"] = notes
-    eff = bs
-    for msg in notes:  # "Batch size is reduced from requested %d to effective %d ..."
-      if "effective" in msg:
-        eff = int(msg.split("effective")[1].split()[0])
-    info["effective_batch_size"] = eff
-    info["n_tiles"] = (cell["n"] // eff) ** 2
-    info["kernel_shape"] = list(np.shape(out))
-    info["kernel_norm"] = kernel_norm(out)
     return add_rates(info, cell["n"], cell["outputs"])
 
-  common.cell_main(measure, meta)
-
-
-def cell_command(cell: dict, python: str) -> list[str]:
-  return [python, os.path.abspath(__file__), "--cell", json.dumps(cell)]
+  harness.cell_main(measure, meta)
 
 
 def main(argv=None) -> None:
-  argv = sys.argv[1:] if argv is None else argv
-  if len(argv) != 2 or argv[0] != "--cell":
-    raise SystemExit(f"usage: {os.path.basename(__file__)} --cell JSON  (started by dataset.py)")
-  run_one_cell(json.loads(argv[1]))
+  harness.cell_entry(run_one_cell, __file__, "dataset.py", argv)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ float32, jitted. Per cell, back to back, one subprocess each:
     python benchmarks/resnet.py --peer-venv ~/.cache/ntk_zoo/nt-venv --cells rn18:10 \
         --implementations jacrev --peer-implementations jacrev --zoo-implementations '' --append
 
-Timing/memory: `common.time_fn` (compile separately; median of ≥ `--repeats` warm runs; peak RSS
-during the runs) inside `common.run_cell` (per-cell timeout and memory cap). Results: the
+Timing/memory: `harness.time_fn` (compile separately; median of ≥ `--repeats` warm runs; peak RSS
+during the runs) inside `harness.run_cell` (per-cell timeout and memory cap). Results: the
 `<!-- resnet:begin/end -->` section of RESULTS.md; raw records `benchmarks/out/resnet.jsonl`.
 """
 
@@ -35,30 +35,25 @@ import time
 _PROC_T0 = time.time()
 
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
-import json
 import os
-import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pure_resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+import reporting  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-LIBRARY = "ntk_zoo"
-PEER = peer_resnet.LIBRARY
+OURS, PEER = methods.OURS, methods.PEER
 PEAK = "run_peak_mb"
 BEGIN, END = "<!-- resnet:begin -->", "<!-- resnet:end -->"
 
-SD, VP, JC, AUTO, JACREV = ("structured_derivatives", "ntk_vector_products",
-                            "jacobian_contraction", "auto", "jacrev")
+SD, VP, JC, AUTO, JACREV = methods.SD, methods.VP, methods.JC, methods.AUTO, methods.JACREV
 OUR_IMPLS = (SD, VP, JC, AUTO, JACREV)
 PEER_IMPLS = (SD, VP, JC)
-SHORT = dict(common.SHORT, jacrev="jacrev")
-_ALIASES = {"sd": SD, "vp": VP, "jc": JC, "auto": AUTO, "jacrev": JACREV,
-            SD: SD, VP: VP, JC: JC}
+SHORT = methods.SHORT
+impl_list = methods.impl_parser(OUR_IMPLS)
 DEFAULT_CELLS = "rn18:10,rn18:100,rn50:10"
 
 # The peer's numbers in ../shared/facts.md (ms; Flax ResNets, measured earlier on this machine):
@@ -96,27 +91,20 @@ def run_one_cell(cell: dict) -> None:
   meta = {k: cell[k] for k in peer_resnet.META_KEYS}
 
   def measure():
-    import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    info = {"library_version": common.package_version("ntk_zoo")}
-    info.update(common.jax_info())
+    info = harness.cell_info(harness.package_version("ntk_zoo"))
     f, params = _our_model(cell)
     info["num_params"] = pure_resnet.num_params(params)
     x1, x2 = (jnp.asarray(x) for x in pure_resnet.inputs(cell["n"], cell["image_size"]))
     budget = cell["timeout_s"] - (time.time() - _PROC_T0) - 5.0
     impl = cell["implementation"]
     if impl == JACREV:
-      jac = jax.jacrev(f)
-      res = common.time_fn(lambda p, a, b: (jac(p, a), jac(p, b)), params, x1, x2,
-                           repeats=cell["repeats"], time_budget_s=budget)
-      res["jacobian_norm"] = res.pop("kernel_norm")  # Not a kernel: keep out of the agreement.
-      res["kernel_shape"] = None
-      info.update(res)
+      info.update(harness.time_jacobians(f, params, x1, x2, cell["repeats"], budget))
       return info
     from ntk_zoo.ntk import ntk_fn  # pylint: disable=g-import-not-at-top
     kernel = ntk_fn(f, implementation=impl, trace_axes=(), vmap_axes=0)
-    info.update(common.time_fn(lambda a, b, p: kernel(a, b, p), x1, x2, params,
-                               repeats=cell["repeats"], time_budget_s=budget))
+    info.update(harness.time_fn(lambda a, b, p: kernel(a, b, p), x1, x2, params,
+                                repeats=cell["repeats"], time_budget_s=budget))
     if impl == AUTO and kernel.decisions:
       d = next(iter(kernel.decisions.values()))
       info["auto_chosen"] = d.chosen
@@ -124,15 +112,14 @@ def run_one_cell(cell: dict) -> None:
                                 for k, v in d.estimates.items()}
     return info
 
-  common.cell_main(measure, meta)
+  harness.cell_main(measure, meta)
 
 
 # ---------------------------------------------------------------------------------------------
 # The sweep.
 
-def cell_key(rec: dict) -> tuple:
-  return (rec.get("library"), rec.get("model"), rec.get("implementation"), rec.get("arch"),
-          rec.get("outputs"), rec.get("n"), rec.get("image_size"))
+cell_key = harness.record_key("library", "model", "implementation", "arch", "outputs", "n",
+                              "image_size")
 
 
 def parse_cells(s: str) -> list[tuple[str, int]]:
@@ -148,23 +135,12 @@ def parse_cells(s: str) -> list[tuple[str, int]]:
   return out
 
 
-def impl_list(s: str) -> list[str]:
-  out = []
-  for v in s.replace(" ", "").split(","):
-    if v:
-      if v.lower() not in _ALIASES:
-        raise argparse.ArgumentTypeError(f"unknown implementation {v!r}; use sd, vp, jc, auto, "
-                                         "jacrev")
-      out.append(_ALIASES[v.lower()])
-  return out
-
-
 def skip_list(s: str) -> set[tuple[str, str]]:
   out = set()
   for v in s.replace(" ", "").split(","):
     if v:
       arch, _, impl = v.partition(":")
-      out.add((arch, _ALIASES.get(impl.lower(), impl)))
+      out.add((arch, methods.canonical(impl)))
   return out
 
 
@@ -175,77 +151,44 @@ def build_jobs(args, peer_python: str | None) -> list[tuple[dict, list[str] | No
     base = {"benchmark": "resnet", "arch": arch, "n": 1, "outputs": o, "dtype": "float32",
             "image_size": args.image_size.get(arch, pure_resnet.DEFAULT_IMAGE_SIZE[arch])}
     order = []
-    for impl in (SD, VP, JC, AUTO, JACREV):
+    for impl in OUR_IMPLS:
       if impl in args.implementations:
-        order.append((LIBRARY, "pure", impl))
+        order.append((OURS, "pure", impl))
       if peer_python and impl in args.peer_implementations:
         order.append((PEER, "pure", impl))
     if arch == "rn18":
-      order += [(LIBRARY, "zoo", impl) for impl in args.zoo_implementations]
+      order += [(OURS, "zoo", impl) for impl in args.zoo_implementations]
     for lib, model, impl in order:
       meta = dict(base, library=lib, model=model, implementation=impl)
       cell = dict(meta, repeats=args.repeats, timeout_s=args.timeout)
       if (arch, impl) in args.skip:
         cmd = None
-      elif lib == LIBRARY:
-        cmd = [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell)]
+      elif lib == OURS:
+        cmd = harness.cell_command(__file__, cell)
       else:
-        cmd = peer_resnet.cell_command(cell, peer_python)
+        cmd = harness.cell_command(peer_resnet.__file__, cell, peer_python)
       jobs.append((meta, cmd))
   return jobs
 
 
-def run_sweep(jobs, out_path: str, args) -> None:
-  done = set()
-  if args.resume:
-    done = {cell_key(r) for r in common.read_jsonl(out_path) if r.get("status") == "ok"}
-  elif not args.append and os.path.exists(out_path):
-    os.remove(out_path)
-  for i, (meta, cmd) in enumerate(jobs):
-    if cell_key(meta) in done:
-      continue
-    rec = dict(meta)
-    if cmd is None:
-      rec.update(status="skipped", error="--skip")
-    else:
-      rec.update(common.run_cell(cmd, args.timeout, args.mem_limit_mb, cwd=REPO))
-    rec.update(meta)
-    common.append_jsonl(out_path, rec)
-    ms = ("" if rec.get("median_s") is None else
-          f" median {rec['median_s'] * 1e3:.1f} ms ({rec.get('runs')} runs) compile "
-          f"{rec.get('compile_s', 0):.1f} s run peak {rec.get(PEAK, float('nan')):.0f} MB")
-    chose = f" chose {rec['auto_chosen']}" if rec.get("auto_chosen") else ""
-    print(f"[{i + 1}/{len(jobs)}] {meta['library']} {meta['model']} {SHORT[meta['implementation']]} "
-          f"{meta['arch']} O={meta['outputs']}: {rec['status']}{ms}{chose} "
+def describe(rec: dict) -> str:
+  """One line of the sweep's log for the cell's record."""
+  ms = ("" if rec.get("median_s") is None else
+        f" median {rec['median_s'] * 1e3:.1f} ms ({rec.get('runs')} runs) compile "
+        f"{rec.get('compile_s', 0):.1f} s run peak {rec.get(PEAK, float('nan')):.0f} MB")
+  chose = f" chose {rec['auto_chosen']}" if rec.get("auto_chosen") else ""
+  return (f"{rec['library']} {rec['model']} {SHORT[rec['implementation']]} {rec['arch']} "
+          f"O={rec['outputs']}: {rec['status']}{ms}{chose} "
           f"(cell {rec.get('cell_wall_s', 0):.1f} s, load {rec.get('loadavg_1m')})"
-          + ("" if rec["status"] == "ok" else f" — {str(rec.get('error', ''))[:300]}"),
-          file=sys.stderr, flush=True)
+          + ("" if rec["status"] == "ok" else f" — {str(rec.get('error', ''))[:300]}"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Markdown.
 
-def _text(rec: dict | None, field: str, scale: float = 1.0, repeats: int = 3) -> str:
-  if rec is None:
-    return "—"
-  st = rec.get("status")
-  if st != "ok":
-    return {"unavailable": "n/a", "timeout": "timeout", "oom": "OOM",
-            "skipped": "skipped"}.get(st, "error")
-  v = rec.get(field)
-  if v is None:
-    return "—"
-  s = common.fmt_num(v * scale)
-  if field == "median_s" and rec.get("runs", 0) < repeats:
-    s += "†"
-  return s
-
-
-def _ratio(a, b, field) -> float | None:
-  if not a or not b or a.get("status") != "ok" or b.get("status") != "ok":
-    return None
-  va, vb = a.get(field), b.get(field)
-  return va / vb if va is not None and vb else None
+HEAD = ["model", "O", "method", "ours ms", "peer ms", "time ours/peer", "compile s ours / peer",
+        "peak MB ours / peer", "mem ours/peer", "load ours / peer",
+        "facts.md peer ms: released / same-XLA"]
 
 
 def _load(rec: dict | None) -> str:
@@ -254,59 +197,140 @@ def _load(rec: dict | None) -> str:
   return f"{sum(la) / len(la):.1f}" if la else "—"
 
 
-def _row(cells) -> str:
-  return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def markdown(records: list[dict], meta: dict) -> str:
-  latest = {}
-  for r in records:
-    latest[cell_key(r)] = r
-  recs = list(latest.values())
-  cells = common.iter_unique((r["arch"], r["outputs"], r["image_size"]) for r in recs)
-  cells.sort(key=lambda c: (c[0], c[1]))
-  get = {cell_key(r): r for r in recs}
-
-  def rec(lib, model, impl, c):
-    return get.get((lib, model, impl, c[0], c[1], 1, c[2]))
-
-  # Kernels whose Frobenius norm is off the cell's median by > 1e-3 (relative) are flagged ✗.
-  wrong = {}
-  for c in cells:
-    ks = [r for r in recs if (r["arch"], r["outputs"], r["image_size"]) == c
+def _kernels(recs: list[dict], c: tuple) -> list[dict]:
+  """The finished records of cell `c` = (arch, outputs, image_size) that computed a kernel."""
+  return [r for r in recs if (r["arch"], r["outputs"], r["image_size"]) == c
           and r.get("status") == "ok" and r.get("kernel_norm")]
-    if len(ks) >= 3:
-      med = sorted(r["kernel_norm"] for r in ks)[len(ks) // 2]
-      for r in ks:
-        if abs(r["kernel_norm"] - med) > 1e-3 * med:
-          wrong[cell_key(r)] = r["kernel_norm"] / med - 1.0
 
-  def ms(r):
-    t = _text(r, "median_s", 1e3, repeats)
-    return t + " ✗" if r is not None and cell_key(r) in wrong else t
 
-  m = meta.get("machine", {})
-  repeats = meta.get("repeats", 3)
-  ours_ok = [r for r in recs if r["library"] == LIBRARY and r.get("status") == "ok"]
+class _Records:
+  """A sweep's latest records by cell; kernels off their cell's median norm by > 1e-3 are wrong."""
+
+  def __init__(self, recs: list[dict], repeats: int):
+    self.recs, self.repeats = recs, repeats
+    self._by_key = {cell_key(r): r for r in recs}
+    self.wrong: dict[tuple, float] = {}  # cell_key -> relative error of the norm.
+    for c in {(r["arch"], r["outputs"], r["image_size"]) for r in recs}:
+      ks = _kernels(recs, c)
+      if len(ks) >= 3:
+        med = sorted(r["kernel_norm"] for r in ks)[len(ks) // 2]
+        self.wrong.update({cell_key(r): r["kernel_norm"] / med - 1.0 for r in ks
+                           if abs(r["kernel_norm"] - med) > 1e-3 * med})
+
+  def get(self, lib: str, model: str, impl: str, c: tuple) -> dict | None:
+    return self._by_key.get((lib, model, impl, c[0], c[1], 1, c[2]))
+
+  def ms(self, r: dict | None) -> str:
+    t = reporting.cell_text(r, "median_s", 1e3, self.repeats)
+    return t + " ✗" if r is not None and cell_key(r) in self.wrong else t
+
+
+def _method(impl: str, rec: dict | None) -> str:
+  if impl == AUTO and rec and rec.get("auto_chosen"):
+    return f"auto → {SHORT[rec['auto_chosen']]}"
+  return "jacrev ×2 (baseline)" if impl == JACREV else SHORT[impl]
+
+
+def _rows(t: _Records, c: tuple) -> list[list]:
+  """Ours vs the peer per method, then ours on the zoo's Flax model, for cell `c`."""
+  arch, o, size = c
+  label = f"{arch} {size}²"
+  facts = FACTS.get((arch, o), {})
+  rows = []
+  for impl in OUR_IMPLS:
+    a, b = t.get(OURS, "pure", impl, c), t.get(PEER, "pure", impl, c)
+    if a is None and b is None:
+      continue
+    fr, fs = facts.get("released", {}).get(impl), facts.get("same_xla", {}).get(impl)
+    ftxt = "—" if fr is None and fs is None else (
+        f"{reporting.fmt_num(fr) if fr else '—'} / {reporting.fmt_num(fs) if fs else '—'}")
+    rows.append([
+        label, o, _method(impl, a), t.ms(a), t.ms(b),
+        reporting.fmt_num(reporting.ratio(a, b, "median_s"), 2),
+        f"{reporting.cell_text(a, 'compile_s')} / {reporting.cell_text(b, 'compile_s')}",
+        f"{reporting.cell_text(a, PEAK)} / {reporting.cell_text(b, PEAK)}",
+        reporting.fmt_num(reporting.ratio(a, b, PEAK), 2), f"{_load(a)} / {_load(b)}", ftxt])
+  z = t.get(OURS, "zoo", SD, c)
+  if z is not None:
+    rows.append([label, o, "SD, zoo Flax model", t.ms(z), "—", "—",
+                 f"{reporting.cell_text(z, 'compile_s')} / —",
+                 f"{reporting.cell_text(z, PEAK)} / —", "—", f"{_load(z)} / —", "—"])
+  return rows
+
+
+def _vs_facts(t: _Records, c: tuple) -> list[str]:
+  """Ours vs facts.md's same-XLA peer, timed at another machine load: load-free ratios."""
+  facts = FACTS.get((c[0], c[1]), {})
+  fs, fr = facts.get("same_xla", {}), facts.get("released", {})
+  bits, est = [], []
+  for impl in (SD, VP, JC):
+    r = reporting.ratio(t.get(OURS, "pure", impl, c), t.get(PEER, "pure", impl, c), "median_s")
+    if r and fs.get(impl) and fr.get(impl):
+      est.append(f"{SHORT[impl]} {reporting.fmt_num(r, 2)} ÷ "
+                 f"{reporting.fmt_num(fs[impl] / fr[impl], 2)} = "
+                 f"**{reporting.fmt_num(r * fr[impl] / fs[impl], 2)}**")
+  if est:
+    bits.append("ours ÷ same-XLA peer, estimated as (ours ÷ released peer, here) ÷ (same-XLA ÷ "
+                "released peer, facts.md): " + ", ".join(est))
+  r = reporting.ratio(t.get(OURS, "pure", SD, c), t.get(OURS, "pure", JACREV, c), "median_s")
+  if r and fs.get(SD) and fs.get(JACREV) and not fr.get(SD):
+    bits.append(f"our SD ÷ same-XLA peer SD ≈ {reporting.fmt_num(r, 2)} ÷ "
+                f"{reporting.fmt_num(fs[SD] / fs[JACREV], 2)} = "
+                f"{reporting.fmt_num(r * fs[JACREV] / fs[SD], 2)} (SD ÷ jacrev, ours here vs the "
+                "same-XLA peer's in facts.md)")
+  return bits
+
+
+def _agreement(t: _Records, c: tuple) -> list[str]:
+  ks = _kernels(t.recs, c)
+  good = [r["kernel_norm"] for r in ks if cell_key(r) not in t.wrong]
+  if len(good) <= 1:
+    return []
+  txt = f"‖Θ‖_F agrees across {len(good)} kernels to {(max(good) - min(good)) / max(good):.1e}"
+  bad = [f"{'ours' if r['library'] == OURS else 'peer'} {SHORT[r['implementation']]}"
+         f"{' (zoo model)' if r['model'] == 'zoo' else ''} "
+         f"({100 * t.wrong[cell_key(r)]:+.1f} %)" for r in ks if cell_key(r) in t.wrong]
+  return [txt + ("; **wrong kernel ✗**: " + ", ".join(bad) if bad else "")]
+
+
+def _summary(t: _Records, c: tuple) -> str | None:
+  """One line for cell `c`: SD vs jacrev, ours vs the peer, what auto chose, the agreement."""
+  sd, jr = t.get(OURS, "pure", SD, c), t.get(OURS, "pure", JACREV, c)
+  bits = []
+  r = reporting.ratio(sd, jr, "median_s")
+  if r:
+    bits.append(f"our SD ÷ our jacrev = {reporting.fmt_num(r, 2)} (time), "
+                f"{reporting.fmt_num(reporting.ratio(sd, jr, PEAK), 2)} (peak memory)")
+  for impl in (SD, VP, JC):
+    r = reporting.ratio(t.get(OURS, "pure", impl, c), t.get(PEER, "pure", impl, c), "median_s")
+    if r:
+      bits.append(f"{SHORT[impl]} ours/peer {reporting.fmt_num(r, 2)}")
+  best = {lib: [(rr["median_s"], SHORT[i]) for i in (SD, VP, JC)
+                if (rr := t.get(lib, "pure", i, c)) and rr.get("status") == "ok"]
+          for lib in (OURS, PEER)}
+  if best[OURS] and best[PEER]:
+    ob, pb = min(best[OURS]), min(best[PEER])
+    bits.append(f"fastest ours {ob[1]} vs fastest peer {pb[1]}: "
+                f"{reporting.fmt_num(ob[0] / pb[0], 2)}")
+  au = t.get(OURS, "pure", AUTO, c)
+  if au and au.get("auto_chosen") and best[OURS]:
+    bits.append(f"auto chose {SHORT[au['auto_chosen']]} (fastest measured: {min(best[OURS])[1]})")
+  bits += _vs_facts(t, c) + _agreement(t, c)
+  return f"- **{c[0]} {c[2]}² O={c[1]}**: " + "; ".join(bits) + "." if bits else None
+
+
+def _intro(recs: list[dict], meta: dict) -> list[str]:
+  """Commands, machine, model, what was measured, the machine load, notes."""
+  ours_ok = [r for r in recs if r["library"] == OURS and r.get("status") == "ok"]
   peers_ok = [r for r in recs if r["library"] == PEER and r.get("status") == "ok"]
-  jv = sorted({r.get("jax_version") for r in ours_ok if r.get("jax_version")})
-  pv = sorted({f"{r.get('library_version')} on JAX {r.get('jax_version')}" for r in peers_ok
-               if r["implementation"] != JACREV})
-  cmds = meta.get("commands") or [meta.get("command", "?")]
-  L = ["## ResNet-18 / ResNet-50 (full NTK of one pair of images)", ""]
-  L.append("Command" + ("s (in order, " if len(cmds) > 1 else " (") + "from the repository root): "
-           + "; ".join(f"`{c}`" for c in cmds))
-  if meta.get("git"):
-    L.append("")
-    L.append(f"ntk_zoo code of the last command: commit {meta['git']}.")
-  L.append("")
-  L.append(f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model', '?')}), shared with other "
-           f"jobs; {meta.get('platform', 'cpu')}; ntk_zoo on JAX {', '.join(jv) or '?'}"
-           + (f"; neural-tangents {', '.join(pv)}" if pv else "") + f"; {m.get('date', '?')}.")
-  L.append("")
+  lines = reporting.header(
+      "## ResNet-18 / ResNet-50 (full NTK of one pair of images)", meta,
+      reporting.jax_versions(ours_ok),
+      reporting.peer_versions(r for r in peers_ok if r["implementation"] != JACREV))
+  repeats = meta.get("repeats", 3)
   nparams = {(r["arch"], r["outputs"]): r.get("num_params") for r in ours_ok + peers_ok}
   sizes = ", ".join(f"{a} O={o}: {n:,}" for (a, o), n in sorted(nparams.items()) if n)
-  L.append(
+  lines.append(
       "Model: `benchmarks/pure_resnet.py`, torchvision's ResNet-18 (BasicBlocks [2,2,2,2]) and "
       "ResNet-50 (v1.5 bottlenecks [3,4,6,3]), 64 filters, 7×7/2 stem + 3×3/2 max-pool, "
       "BatchNorm in inference mode (fixed statistics, scale/bias differentiated), global average "
@@ -322,8 +346,8 @@ def markdown(records: list[dict], meta: dict) -> str:
       "the JAX/XLA version alone changes. \"zoo Flax model\": "
       "our SD on `ntk_zoo.models.resnet`'s Flax ResNet-18 loaded with the same numbers (same "
       "architecture; logits agree to 1e-7).")
-  L.append("")
-  L.append(
+  lines.append("")
+  lines.append(
       "Each (cell, method, library) ran in a fresh subprocess, one at a time, ours then the "
       f"peer's back to back. Time: median of ≥ {repeats} warm runs after one untimed first run "
       f"(† fewer than {repeats} fitted the {meta.get('timeout', 0):.0f} s per-cell limit). "
@@ -335,130 +359,34 @@ def markdown(records: list[dict], meta: dict) -> str:
       f"passed the {meta.get('mem_limit_mb', 0):.0f} MB cap. ✗: the kernel's Frobenius norm is "
       "off the cell's median over all methods and both libraries by more than 1e-3 (a wrong "
       "result; its time is still shown).")
-  L.append("")
-  loads = sorted(l for r in recs for l in (r.get("loadavg_1m") or []))
-  if loads:
-    L.append(f"Machine load (1-min load average on {m.get('cpu_count')} CPUs at each cell's start "
-             f"and end): median {loads[len(loads) // 2]:.1f}, range {loads[0]:.1f}–"
-             f"{loads[-1]:.1f}. Compare ratios within a row (ours and the peer's ran back to back), "
-             "not absolute times across tables.")
-    L.append("")
-  for note in meta.get("notes") or []:
-    L.append(note)
-    L.append("")
+  lines.append("")
+  load = reporting.load_range(recs)
+  if load:
+    lines += [f"Machine load (1-min load average on {meta.get('machine', {}).get('cpu_count')} "
+              f"CPUs at each cell's start and end): {load}. Compare ratios within a row (ours and "
+              "the peer's ran back to back), not absolute times across tables.", ""]
+  return lines + reporting.notes(meta)
 
-  head = ["model", "O", "method", "ours ms", "peer ms", "time ours/peer", "compile s ours / peer",
-          "peak MB ours / peer", "mem ours/peer", "load ours / peer",
-          "facts.md peer ms: released / same-XLA"]
-  L += [_row(head), _row(["---"] * len(head))]
-  summary = []
-  for c in cells:
-    arch, o, size = c
-    label = f"{arch} {size}²"
-    facts = FACTS.get((arch, o), {})
-    for impl in (SD, VP, JC, AUTO, JACREV):
-      a, b = rec(LIBRARY, "pure", impl, c), rec(PEER, "pure", impl, c)
-      if a is None and b is None:
-        continue
-      name = SHORT[impl]
-      if impl == AUTO and a and a.get("auto_chosen"):
-        name = f"auto → {SHORT[a['auto_chosen']]}"
-      if impl == JACREV:
-        name = "jacrev ×2 (baseline)"
-      fr, fs = facts.get("released", {}).get(impl), facts.get("same_xla", {}).get(impl)
-      ftxt = "—" if fr is None and fs is None else (
-          f"{common.fmt_num(fr) if fr else '—'} / {common.fmt_num(fs) if fs else '—'}")
-      L.append(_row([
-          label, o, name, ms(a), ms(b),
-          common.fmt_num(_ratio(a, b, "median_s"), 2),
-          f"{_text(a, 'compile_s')} / {_text(b, 'compile_s')}",
-          f"{_text(a, PEAK)} / {_text(b, PEAK)}", common.fmt_num(_ratio(a, b, PEAK), 2),
-          f"{_load(a)} / {_load(b)}", ftxt]))
-    z = rec(LIBRARY, "zoo", SD, c)
-    if z is not None:
-      L.append(_row([label, o, "SD, zoo Flax model", ms(z), "—", "—",
-                     f"{_text(z, 'compile_s')} / —", f"{_text(z, PEAK)} / —", "—",
-                     f"{_load(z)} / —", "—"]))
 
-    # Per-cell summary.
-    sd, jr = rec(LIBRARY, "pure", SD, c), rec(LIBRARY, "pure", JACREV, c)
-    bits = []
-    r = _ratio(sd, jr, "median_s")
-    if r:
-      bits.append(f"our SD ÷ our jacrev = {common.fmt_num(r, 2)} (time), "
-                  f"{common.fmt_num(_ratio(sd, jr, PEAK), 2)} (peak memory)")
-    for impl in (SD, VP, JC):
-      r = _ratio(rec(LIBRARY, "pure", impl, c), rec(PEER, "pure", impl, c), "median_s")
-      if r:
-        bits.append(f"{SHORT[impl]} ours/peer {common.fmt_num(r, 2)}")
-    ours_best = [(rr["median_s"], SHORT[i]) for i in (SD, VP, JC)
-                 if (rr := rec(LIBRARY, "pure", i, c)) and rr.get("status") == "ok"]
-    peer_best = [(rr["median_s"], SHORT[i]) for i in (SD, VP, JC)
-                 if (rr := rec(PEER, "pure", i, c)) and rr.get("status") == "ok"]
-    if ours_best and peer_best:
-      ob, pb = min(ours_best), min(peer_best)
-      bits.append(f"fastest ours {ob[1]} vs fastest peer {pb[1]}: {common.fmt_num(ob[0] / pb[0], 2)}")
-    au = rec(LIBRARY, "pure", AUTO, c)
-    if au and au.get("auto_chosen") and ours_best:
-      bits.append(f"auto chose {SHORT[au['auto_chosen']]} (fastest measured: {min(ours_best)[1]})")
-    # facts.md's same-XLA peer was timed at another machine load: compare load-free ratios.
-    fs, fr = facts.get("same_xla", {}), facts.get("released", {})
-    est = []
-    for impl in (SD, VP, JC):
-      r = _ratio(rec(LIBRARY, "pure", impl, c), rec(PEER, "pure", impl, c), "median_s")
-      if r and fs.get(impl) and fr.get(impl):
-        est.append(f"{SHORT[impl]} {common.fmt_num(r, 2)} ÷ {common.fmt_num(fs[impl] / fr[impl], 2)}"
-                   f" = **{common.fmt_num(r * fr[impl] / fs[impl], 2)}**")
-    if est:
-      bits.append("ours ÷ same-XLA peer, estimated as (ours ÷ released peer, here) ÷ (same-XLA ÷ "
-                  "released peer, facts.md): " + ", ".join(est))
-    r = _ratio(sd, jr, "median_s")
-    if r and fs.get(SD) and fs.get(JACREV) and not fr.get(SD):
-      bits.append(f"our SD ÷ same-XLA peer SD ≈ {common.fmt_num(r, 2)} ÷ "
-                  f"{common.fmt_num(fs[SD] / fs[JACREV], 2)} = "
-                  f"{common.fmt_num(r * fs[JACREV] / fs[SD], 2)} (SD ÷ jacrev, ours here vs the "
-                  "same-XLA peer's in facts.md)")
-    ks = [rr for rr in recs if (rr["arch"], rr["outputs"], rr["image_size"]) == c
-          and rr.get("status") == "ok" and rr.get("kernel_norm")]
-    good = [rr["kernel_norm"] for rr in ks if cell_key(rr) not in wrong]
-    if len(good) > 1:
-      txt = (f"‖Θ‖_F agrees across {len(good)} kernels to {(max(good) - min(good)) / max(good):.1e}")
-      bad = [f"{'ours' if rr['library'] == LIBRARY else 'peer'} {SHORT[rr['implementation']]}"
-             f"{' (zoo model)' if rr['model'] == 'zoo' else ''} "
-             f"({100 * wrong[cell_key(rr)]:+.1f} %)" for rr in ks if cell_key(rr) in wrong]
-      if bad:
-        txt += "; **wrong kernel ✗**: " + ", ".join(bad)
-      bits.append(txt)
-    if bits:
-      summary.append(f"- **{label} O={o}**: " + "; ".join(bits) + ".")
-  L.append("")
-  L += summary
-  L.append("")
-  L.append("Raw records (all fields: min, first run, times, XLA FLOPs/temp, auto's estimates): "
-           f"`{meta.get('out_rel', 'benchmarks/out/resnet.jsonl')}` (not committed).")
-  return "\n".join(L)
+def markdown(records: list[dict], meta: dict) -> str:
+  recs = reporting.latest(records, cell_key)
+  cells = reporting.iter_unique((r["arch"], r["outputs"], r["image_size"]) for r in recs)
+  cells.sort(key=lambda c: (c[0], c[1]))
+  t = _Records(recs, meta.get("repeats", 3))
+  lines = _intro(recs, meta) + reporting.table(HEAD, [row for c in cells for row in _rows(t, c)])
+  lines += ["", *filter(None, (_summary(t, c) for c in cells)), "",
+            "Raw records (all fields: min, first run, times, XLA FLOPs/temp, auto's estimates): "
+            f"`{meta.get('out_rel', 'benchmarks/out/resnet.jsonl')}` (not committed)."]
+  return "\n".join(lines)
 
 
 def write_markdown(path: str, body: str) -> None:
   """Rewrites only our section: re-reads the file right before writing (others edit it too)."""
-  common.replace_between_markers(path, BEGIN, END, body)
+  reporting.replace_between_markers(path, BEGIN, END, body)
   print(f"wrote the ResNet section of {path}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
-
-def _git_state() -> str:
-  """HEAD's short hash, plus a note if ntk_zoo/ has uncommitted changes (what our cells ran)."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  try:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "ntk_zoo"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-  return head + (" + uncommitted changes in ntk_zoo/" if dirty else "")
-
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -483,59 +411,36 @@ def main(argv=None) -> None:
                  help="seconds per cell subprocess (imports + compile + runs)")
   p.add_argument("--mem-limit-mb", type=float, default=12000.0,
                  help="kill a cell whose resident memory exceeds this (recorded as OOM)")
-  p.add_argument("--out", default=os.path.join(HERE, "out", "resnet.jsonl"))
+  p.add_argument("--out", default=os.path.join(harness.BENCHMARKS, "out", "resnet.jsonl"))
   p.add_argument("--resume", action="store_true", help="skip cells with an ok record in --out")
   p.add_argument("--append", action="store_true", help="append to --out; latest record wins")
   p.add_argument("--markdown", action="store_true", help="(re)write our section of --results-md")
-  p.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
+  p.add_argument("--results-md", default=os.path.join(harness.BENCHMARKS, "RESULTS.md"))
   p.add_argument("--report-only", action="store_true", help="run nothing (with --markdown)")
-  p.add_argument("--note", action="append", default=None,
-                 help="a paragraph for the markdown section (kept in the .meta.json)")
-  p.add_argument("--cell", default=None, help=argparse.SUPPRESS)
+  harness.add_note_arg(p)
   argv = sys.argv[1:] if argv is None else argv
   args = p.parse_args(argv)
-  if args.cell:
-    run_one_cell(json.loads(args.cell))
-    return
-
   meta_path = args.out + ".meta.json"
-  old = {}
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      old = json.load(f)
+  old = harness.read_meta(meta_path)
   if not args.report_only:
-    peer_py = None
-    if args.peer_venv:
-      peer_py = os.path.join(os.path.expanduser(args.peer_venv), "bin", "python")
-      if not os.path.exists(peer_py):
-        p.error(f"--peer-venv: {peer_py} not found; build it with setup_neural_tangents.sh")
-    jobs = build_jobs(args, peer_py)
-    import jax  # pylint: disable=g-import-not-at-top
-    meta = {"command": shlex.join([sys.executable,
-                                   os.path.relpath(os.path.abspath(__file__), REPO), *argv]),
-            "machine": common.machine_info(), "platform": jax.devices()[0].platform,
-            "repeats": args.repeats, "timeout": args.timeout, "mem_limit_mb": args.mem_limit_mb,
-            "out_rel": os.path.relpath(os.path.abspath(args.out), REPO), "git": _git_state()}
+    jobs = build_jobs(args, harness.peer_python(p, args.peer_venv))
+    meta = harness.sweep_meta(__file__, argv, args, git=True)
     if (args.resume or args.append) and old:
-      meta["commands"] = old.get("commands", [old.get("command")]) + [meta["command"]]
+      harness.chain_commands(meta, old)
       meta["notes"] = old.get("notes")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(meta_path, "w") as f:
-      json.dump(meta, f, indent=1)
+    harness.write_meta(meta_path, meta)
     old = meta
     t0 = time.time()
     print(f"{len(jobs)} cells, one at a time, timeout {args.timeout:.0f} s each", file=sys.stderr)
-    run_sweep(jobs, args.out, args)
+    harness.run_sweep(jobs, args.out, args.timeout, args.mem_limit_mb, key=cell_key,
+                      describe=describe, resume=args.resume, append=args.append, cwd=harness.REPO)
     print(f"done in {time.time() - t0:.0f} s; wrote {args.out}", file=sys.stderr)
-  if args.note is not None:
-    old["notes"] = [n for n in args.note if n]
-    with open(meta_path, "w") as f:
-      json.dump(old, f, indent=1)
+  harness.save_notes(meta_path, old, args.note)
   if args.markdown:
     if not old:
       p.error(f"{meta_path} not found: run the sweep first")
-    write_markdown(args.results_md, markdown(common.read_jsonl(args.out), old))
+    write_markdown(args.results_md, markdown(harness.read_jsonl(args.out), old))
 
 
 if __name__ == "__main__":
-  main()
+  harness.script_main(main, run_one_cell)

@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable
 import ml_collections
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `from benchmarks import common` when run as a script.
+if str(REPO) not in sys.path:  # `from benchmarks import ...` when run as a script.
   sys.path.insert(0, str(REPO))
 
-from benchmarks import common  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks import harness, reporting  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _parse_value(text: str, old):
@@ -97,13 +97,13 @@ class Records:
 
   def __init__(self, path: pathlib.Path, key: Callable[[dict], tuple]):
     self.path, self._key = path, key
-    self.by_key = {key(r): r for r in common.read_jsonl(str(path))}
+    self.by_key = {key(r): r for r in harness.read_jsonl(str(path))}
 
   def get(self, key: tuple) -> dict | None:
     return self.by_key.get(key)
 
   def add(self, rec: dict) -> None:
-    common.append_jsonl(str(self.path), rec)
+    harness.append_jsonl(str(self.path), rec)
     self.by_key[self._key(rec)] = rec
 
 
@@ -115,9 +115,9 @@ def log_run(out_dir: pathlib.Path, command_line: str, load_start: str, ran: int)
   """
   path = out_dir / "runs.jsonl"
   entry = {"command": command_line, "load_start": load_start, "load_end": uptime(), "ran": ran,
-           "date": common.machine_info()["date"]}
-  common.append_jsonl(str(path), entry)
-  runs = common.read_jsonl(str(path))
+           "date": harness.machine_info()["date"]}
+  harness.append_jsonl(str(path), entry)
+  runs = harness.read_jsonl(str(path))
   return [r for r in runs[:-1] if r["ran"]] + [runs[-1]]
 
 
@@ -129,7 +129,7 @@ def write_report(out_dir: pathlib.Path, name: str, figure: pathlib.Path, report:
     fig_dir = REPO / "experiments" / "figures"
     fig_dir.mkdir(exist_ok=True)
     shutil.copyfile(figure, fig_dir / f"{name}.png")
-    common.replace_between_markers(str(REPO / "experiments" / "RESULTS.md"), begin, end, report)
+    reporting.replace_between_markers(str(REPO / "experiments" / "RESULTS.md"), begin, end, report)
 
 
 def runs_markdown(runs: list[dict]) -> str:

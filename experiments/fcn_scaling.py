@@ -5,13 +5,13 @@
     python experiments/fcn_scaling.py --full                 # the paper's sizes (accelerator)
     python experiments/fcn_scaling.py --set widths=64,128 --set outputs=1,16
 
-Model: `benchmarks.common.fcn_apply` (10 dense layers without biases, input dim = width W, ReLU
+Model: `benchmarks.fcn_model.fcn_apply` (10 dense layers without biases, input dim = width W, ReLU
 in between, NTK parameterization), full kernel Θ(x1, x2) of shape (N, N, O, O) from
 `ntk_fn(f, implementation=..., trace_axes=(), vmap_axes=0, memory_budget=...)`, float32,
-jitted. Every (N, O, W, method) cell runs in its own subprocess (`benchmarks.common.run_cell`):
+jitted. Every (N, O, W, method) cell runs in its own subprocess (`benchmarks.harness.run_cell`):
 a cell that passes `timeout_s` or `mem_limit_mb` (or whose kernel raises `BudgetError`, i.e.
 no blocking fits `memory_budget_mb`) is a missing point, and wider cells of that method and
-(N, O) are not tried. Time: the warm-run median of `benchmarks.common.time_fn`. FLOPs: XLA's
+(N, O) are not tried. Time: the warm-run median of `benchmarks.harness.time_fn`. FLOPs: XLA's
 `cost_analysis()` of the compiled kernel, with every `scan` unrolled where the kernel has loops
 (XLA counts a loop body once; see `_flops.py`), counted in a second subprocess where the timed
 one has no time left. Per NTK entry: divided by (N·O)².
@@ -26,9 +26,7 @@ import time
 
 _PROC_T0 = time.time()
 
-import json  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import math  # noqa: E402
-import os  # noqa: E402
+import math  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -38,11 +36,11 @@ import ml_collections  # noqa: E402
 if __package__ in (None, ""):  # Run as a script: make `experiments` importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import _cli  # noqa: E402  pylint: disable=g-import-not-at-top
-from benchmarks import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from benchmarks import fcn_model, harness, methods, reporting  # noqa: E402
 
 NAME = "fcn_scaling"
-METHODS = common.IMPLEMENTATIONS  # jacobian_contraction, ntk_vector_products, structured_.., auto
-SHORT = common.SHORT
+METHODS = methods.IMPLEMENTATIONS  # jacobian_contraction, ntk_vector_products, structured_.., auto
+SHORT = methods.SHORT
 FAILED = ("oom", "timeout")
 BEGIN, END = f"<!-- {NAME}:begin -->", f"<!-- {NAME}:end -->"
 
@@ -92,11 +90,11 @@ def _measure(cell: dict) -> dict:
   from ntk_zoo.ntk.memory import BudgetError  # pylint: disable=g-import-not-at-top
   from experiments import _flops  # pylint: disable=g-import-not-at-top
 
-  params = [jnp.asarray(w) for w in common.fcn_params(cell["width"], cell["outputs"],
-                                                       cell["depth"])]
-  x1, x2 = (jnp.asarray(x) for x in common.fcn_inputs(cell["n"], cell["width"]))
+  params = [jnp.asarray(w) for w in fcn_model.fcn_params(cell["width"], cell["outputs"],
+                                                          cell["depth"])]
+  x1, x2 = (jnp.asarray(x) for x in fcn_model.fcn_inputs(cell["n"], cell["width"]))
   budget = cell["memory_budget_mb"] * 2 ** 20 or None
-  kernel = ntk_zoo.ntk_fn(common.fcn_apply, implementation=cell["implementation"],
+  kernel = ntk_zoo.ntk_fn(fcn_model.fcn_apply, implementation=cell["implementation"],
                           trace_axes=(), vmap_axes=0, memory_budget=budget)
   fn = lambda a, b, p: kernel(a, b, p)  # noqa: E731
   if cell["mode"] == "flops":
@@ -104,11 +102,11 @@ def _measure(cell: dict) -> dict:
     return {**res, "xla_flops": res["flops_unrolled"]}
   left = lambda: cell["timeout_s"] - (time.time() - _PROC_T0) - 3.0  # noqa: E731
   try:
-    res = common.time_fn(fn, x1, x2, params, repeats=cell["repeats"], time_budget_s=left(),
-                         min_time_s=cell["min_time_s"])
+    res = harness.time_fn(fn, x1, x2, params, repeats=cell["repeats"], time_budget_s=left(),
+                          min_time_s=cell["min_time_s"])
   except BudgetError as e:  # No blocking fits the budget: out of memory, by plan.
     raise MemoryError(f"BudgetError: {e}") from e
-  res.update(common.jax_info(), library_version=common.package_version("ntk_zoo"))
+  res.update(harness.jax_info(), library_version=harness.package_version("ntk_zoo"))
   d = kernel.last_decision
   if d is not None:
     res.update(chosen=d.chosen, plan=str(d.plan), plan_flops=d.plan.flops)
@@ -123,7 +121,7 @@ def _measure(cell: dict) -> dict:
 
 def _cell_main(cell: dict) -> None:
   meta = {k: cell[k] for k in ("n", "width", "outputs", "depth", "implementation")}
-  common.cell_main(lambda: _measure(cell), meta)
+  harness.cell_main(lambda: _measure(cell), meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,8 +135,8 @@ def _subprocess(job: dict, config, mode: str) -> dict:
   """One cell in its own process: "time" (the measurement) or "flops" (the unrolled count)."""
   cell = dict(job, mode=mode, repeats=config.repeats, min_time_s=config.min_time_s,
               timeout_s=config.timeout_s, memory_budget_mb=config.memory_budget_mb)
-  cmd = [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell)]
-  return common.run_cell(cmd, config.timeout_s, config.mem_limit_mb or None, cwd=_cli.REPO)
+  cmd = harness.cell_command(__file__, cell)
+  return harness.run_cell(cmd, config.timeout_s, config.mem_limit_mb or None, cwd=_cli.REPO)
 
 
 def _jobs(config) -> list[dict]:
@@ -321,13 +319,13 @@ def _fmt(r: dict | None, field: str, scale: float = 1.0) -> str:
   v = r.get(field)
   if v is None and field == "xla_flops" and r.get("flops_cell"):
     return f"{r['flops_cell']}²"
-  return "—" if v is None else common.fmt_num(v * scale)
+  return "—" if v is None else reporting.fmt_num(v * scale)
 
 
 def markdown(cells: list[dict], config, checks: dict, runs: list[dict]) -> str:
   """The report: commands, machine and load, the table, the predictions tallied."""
   g = _grid(cells)
-  m = common.machine_info()
+  m = harness.machine_info()
   jax_v = sorted({c.get("jax_version") for c in cells if c.get("jax_version")})
   loads = sorted(x for c in cells for x in (c.get("loadavg_1m") or []))
   commits = sorted({c.get("commit", "?") for c in cells})
@@ -378,7 +376,7 @@ def markdown(cells: list[dict], config, checks: dict, runs: list[dict]) -> str:
     ratio = r["sd_over_jc"]
     bound = "≥ " if ratio and r["SD"] == r["grid_max"] else ""
     lines.append(f"  {panel}: {r['SD']} / {r['JC']} / {r['VP']} / {r['auto']} "
-                 f"(grid max {r['grid_max']}); SD/JC {bound}{common.fmt_num(ratio, 2)}×.")
+                 f"(grid max {r['grid_max']}); SD/JC {bound}{reporting.fmt_num(ratio, 2)}×.")
   norms = []
   for by in g.values():
     ns = [r["kernel_norm"] for r in by.values() if _ok(r) and r.get("kernel_norm")]
@@ -390,7 +388,5 @@ def markdown(cells: list[dict], config, checks: dict, runs: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-  if len(sys.argv) > 2 and sys.argv[1] == "--cell":
-    _cell_main(json.loads(sys.argv[2]))
-  else:
+  if not harness.run_cell_arg(_cell_main, sys.argv[1:]):
     _cli.main(__doc__, get_config, run, name=NAME)

@@ -9,7 +9,7 @@
         --set records=benchmarks/out/imagenet.jsonl         # plot benchmarks/imagenet.py's records
 
 The cells are `benchmarks/imagenet.py`'s (its `build_jobs`, one subprocess per cell through
-`benchmarks.common.run_cell`): one pair of 224² images (N = 1), kernel Θ(x1, x2) of shape
+`benchmarks.harness.run_cell`): one pair of 224² images (N = 1), kernel Θ(x1, x2) of shape
 (1, 1, O, O) from `ntk_fn(f, implementation=…, trace_axes=(), vmap_axes=0)` with the default
 memory budget, jitted, float32, random init. Models: ResNet-18/50/152 (`benchmarks/pure_resnet`, a
 pure JAX function that neural-tangents 0.6.5 runs unchanged in its own venv) and the zoo's
@@ -52,12 +52,12 @@ if __package__ in (None, ""):  # Run as a script: make `experiments` importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import _cli  # noqa: E402  pylint: disable=g-import-not-at-top
 from experiments import fcn_scaling  # noqa: E402  pylint: disable=g-import-not-at-top
-from benchmarks import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from benchmarks import harness, methods, reporting  # noqa: E402
 from benchmarks import imagenet  # noqa: E402  pylint: disable=g-import-not-at-top
 
 NAME = "imagenet_models"
 BEGIN, END = f"<!-- {NAME}:begin -->", f"<!-- {NAME}:end -->"
-OURS, PEER = "ntk_zoo", "neural-tangents"  # `library` of a record (peer: peer_resnet.LIBRARY).
+OURS, PEER = methods.OURS, methods.PEER  # The `library` of a record.
 FAILED = ("oom", "timeout")
 DONE = ("ok", "unavailable", *FAILED)  # Not rerun; "error" cells are.
 DEFAULT_PEER_VENV = os.path.expanduser("~/.cache/ntk_zoo/nt-venv")
@@ -189,7 +189,7 @@ def read_sources(config) -> dict[tuple, dict]:
       path = _cli.REPO / path
     if not path.exists():
       raise FileNotFoundError(f"records: no file {p}")
-    for r in common.read_jsonl(str(path)):
+    for r in harness.read_jsonl(str(path)):
       if r.get("benchmark", "imagenet") == "imagenet" and r.get("arch"):
         by_key[imagenet.cell_key(r)] = r
   return by_key
@@ -237,8 +237,8 @@ def run(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> dict:
       mine, theirs = records.get(key), sources.get(key)
       rec = _best(mine, theirs)
       if rec is None or rec.get("status") not in DONE:
-        rec = common.run_cell(job, config.timeout_s, config.mem_limit_mb or None,
-                              cwd=str(_cli.REPO))
+        rec = harness.run_cell(job, config.timeout_s, config.mem_limit_mb or None,
+                               cwd=str(_cli.REPO))
         rec.update({k: v for k, v in meta.items() if k not in rec})
         rec.update(command=cmd, commit=commit, timeout_s=config.timeout_s,
                    mem_limit_mb=config.mem_limit_mb)
@@ -383,12 +383,12 @@ def plot(cells: list[dict], config, path: pathlib.Path) -> tuple[pathlib.Path, d
 
 
 def _gb(mb: float | None) -> str:
-  return "—" if mb is None else common.fmt_num(mb / 1024)
+  return "—" if mb is None else reporting.fmt_num(mb / 1024)
 
 
 def markdown(cells: list[dict], config, runs: list[dict]) -> str:
   """The report: commands and load, limits, then one table row per (model, O)."""
-  m = common.machine_info()
+  m = harness.machine_info()
   outputs = sorted({c["outputs"] for c in cells})
   models = model_order({c["arch"] for c in cells}, max(outputs, default=10), cells)
   series = _series(cells)
@@ -451,7 +451,7 @@ def markdown(cells: list[dict], config, runs: list[dict]) -> str:
           row.append(_status_mark(r) if not _ok(r) else "—")
           continue
         mark = "¹" if config.time_metric == "run" and not r.get("median_s") else ""
-        s = f"{common.fmt_num(t)}{mark} / {_gb(memory_of(r, config))}"
+        s = f"{reporting.fmt_num(t)}{mark} / {_gb(memory_of(r, config))}"
         if r["implementation"] == imagenet.AUTO and r.get("chosen"):
           s += f" ({imagenet.SHORT.get(r['chosen'], r['chosen'])})"
         row.append(s)

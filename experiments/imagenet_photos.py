@@ -45,7 +45,7 @@ import numpy as np
 if __package__ in (None, ""):  # Run as a script: make `experiments` importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import _cli  # noqa: E402  pylint: disable=g-import-not-at-top
-from benchmarks import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from benchmarks import harness, reporting  # noqa: E402  pylint: disable=g-import-not-at-top
 
 NAME = "imagenet_photos"
 BEGIN, END = f"<!-- {NAME}:begin -->", f"<!-- {NAME}:end -->"
@@ -205,8 +205,8 @@ def _compute(name: str, config, bar) -> tuple[dict, np.ndarray]:
   kernel = ntk_zoo.ntk_fn(model.apply, implementation=config.implementation, trace_axes=(),
                           vmap_axes=0, memory_budget=config.memory_budget or None)
   bar.set_postfix_str(f"{name}: NTK {len(config.photos) * model.num_classes}²")
-  res = common.time_fn(lambda a, p: kernel(a, None, p), x, model.params, repeats=0,
-                       min_repeats=0, min_time_s=0.0, keep_output=True)
+  res = harness.time_fn(lambda a, p: kernel(a, None, p), x, model.params, repeats=0,
+                        min_repeats=0, min_time_s=0.0, keep_output=True)
   theta = np.asarray(jax.device_get(res.pop("_out")))
   d = kernel.last_decision
   res.update(num_params=model.num_params, logits_argmax=np.asarray(
@@ -295,7 +295,7 @@ def plot(cells: list[dict], out_dir: pathlib.Path, path: pathlib.Path) -> pathli
 
 def markdown(cells: list[dict], config, runs: list[dict]) -> str:
   """The report: commands, machine and load, per model the kernel's and approximations' numbers."""
-  m = common.machine_info()
+  m = harness.machine_info()
   lines = [
       "Commands (from the repository root; a later one reuses the kernels of earlier ones), "
       "with the machine load (`uptime`) at their start and end:", "",
@@ -320,9 +320,9 @@ def markdown(cells: list[dict], config, runs: list[dict]) -> str:
              "block_diagonal": f"{n} × {o}²"}
     for name in ("full", *APPROX):
       s = a[name]
-      kept = [common.fmt_num(s[f]) if f in s else "1" for f in
+      kept = [reporting.fmt_num(s[f]) if f in s else "1" for f in
               ("frobenius_kept", "trace_kept")]
-      err = common.fmt_num(s["spectral_error"]) if "spectral_error" in s else "0"
+      err = reporting.fmt_num(s["spectral_error"]) if "spectral_error" in s else "0"
       lines.append(f"| {LABELS[name]} | {sizes[name]} | {s['lambda_max']:.4g} | "
                    f"{s['lambda_min']:.4g} | {s['kappa']:.4g} | {kept[0]} | {kept[1]} | {err} |")
     lines.append("")

@@ -192,7 +192,7 @@ def _imagenet_cell(impl: str, arch: str = "rn18", outputs: int = 10, status: str
                    library: str = "ntk_zoo", **kw) -> dict:
   meta = {k: _IMAGENET_RECORD[k] for k in ("benchmark", "model", "n", "image_size", "dtype")}
   meta.update(library=library, implementation=impl, arch=arch, outputs=outputs)
-  if status != "ok":  # What `common.run_cell` records for a killed cell, plus the identity.
+  if status != "ok":  # What `harness.run_cell` records for a killed cell, plus the identity.
     return {**meta, "status": status, "error": "resident memory exceeded the 16000 MB cap",
             "cell_wall_s": 91.0, "loadavg_1m": [3.0, 3.5], "child_maxrss_mb": 16010.0,
             "watch_peak_rss_mb": 16002.0}

@@ -1,30 +1,32 @@
-"""Timing and memory harness shared by ntk_zoo's benchmarks and the peer's benchmark script.
+"""How every benchmark measures: timing, memory probes, one cell per subprocess, JSONL records.
 
 This module uses only the standard library, numpy and jax, and runs on JAX 0.4.23 (the
-neural-tangents venv) as well as current JAX, so `peer_fcn.py` can import it inside the peer's
-venv. It never imports ntk_zoo or neural_tangents.
+neural-tangents venv) as well as current JAX, so the peer's scripts (`peer_*.py`) import it
+inside the peer's venv. It never imports ntk_zoo or neural_tangents. `experiments/` uses it as
+`benchmarks.harness`.
 
 Pieces:
 
 * `time_fn(fn, *args, repeats=3)`: jit + lower + compile timed separately from the runs, then one
   first call and `repeats` warm calls (each `block_until_ready`), and the peak memory of the process
-  over the whole measurement (see `time_fn` for what "peak memory" means on CPU and GPU).
+  over the whole measurement (see `time_fn` for what "peak memory" means on CPU and GPU);
+  `time_jacobians` for the plain-JAX baseline.
 * `run_cell(cmd, timeout_s, mem_limit_mb)`: runs one benchmark cell in its own subprocess, so cells
   never pollute each other's memory figures, and records a cell that hangs, runs out of time, or
-  grows past a memory cap as "timeout"/"oom" instead of blocking the sweep.
-* The Fig. 1 model (`fcn_params`, `fcn_apply`, `fcn_inputs`), built from a seeded numpy generator
-  so both libraries see bit-identical parameters and inputs.
-* Grid/CLI helpers and JSONL/markdown utilities used by `fcn.py` and `peer_fcn.py`.
+  grows past a memory cap as "timeout"/"oom" instead of blocking the sweep; `cell_main` is the
+  other end, in the cell's process, and `run_sweep` runs a list of cells into a JSONL file.
+* Records and provenance: `read_jsonl`/`append_jsonl`, a sweep's `.meta.json` (`sweep_meta`),
+  `machine_info`, `jax_info`, `git_state`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
 import platform
 import resource
+import shlex
 import signal
 import statistics
 import subprocess
@@ -32,24 +34,14 @@ import sys
 import time
 import traceback
 from typing import Any
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))  # Outputs go to BENCHMARKS/out/.
+REPO = os.path.dirname(BENCHMARKS)  # Cells run here; commands and paths are relative to it.
 RESULT_TAG = "@@NTK_BENCH_RESULT@@ "
 _MB = 1024.0 * 1024.0
-
-# Implementation names (ntk_zoo's) and neural-tangents' integer ids for the same method.
-IMPLEMENTATIONS = ("jacobian_contraction", "ntk_vector_products", "structured_derivatives", "auto")
-PEER_IDS = {"auto": 0, "jacobian_contraction": 1, "ntk_vector_products": 2,
-            "structured_derivatives": 3}
-SHORT = {"jacobian_contraction": "JC", "ntk_vector_products": "VP",
-         "structured_derivatives": "SD", "auto": "auto"}
-_ALIASES = {"jc": "jacobian_contraction", "jacobian": "jacobian_contraction",
-            "vp": "ntk_vector_products", "ntk_vp": "ntk_vector_products",
-            "sd": "structured_derivatives", "structured": "structured_derivatives",
-            "0": "auto", "1": "jacobian_contraction", "2": "ntk_vector_products",
-            "3": "structured_derivatives"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,13 +116,15 @@ def _xla_memory(compiled) -> dict:
   return out
 
 
-def _block(x):
+def block(x):
+  """`x` with every array leaf ready (`block_until_ready`); other leaves pass through."""
   import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree_util.tree_map(lambda a: a.block_until_ready(), x)
+  return jax.tree_util.tree_map(
+      lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
 
 
 # ---------------------------------------------------------------------------------------------
-# The timer.
+# The timers.
 
 def time_fn(fn: Callable, *args, repeats: int = 3, time_budget_s: float | None = None,
             min_repeats: int = 1, min_time_s: float = 1.0, max_repeats: int = 100,
@@ -180,7 +174,7 @@ def time_fn(fn: Callable, *args, repeats: int = 3, time_budget_s: float | None =
   can_reset = dev_stats0 is None and reset_peak_rss()
 
   t3 = time.perf_counter()
-  out = _block(compiled(*args))
+  out = block(compiled(*args))
   first = time.perf_counter() - t3
 
   # Warm runs: at least `repeats`, more while under `min_time_s` in all (at most `max_repeats`);
@@ -195,7 +189,7 @@ def time_fn(fn: Callable, *args, repeats: int = 3, time_budget_s: float | None =
       if left < (statistics.median(times) if times else first):
         break
     t = time.perf_counter()
-    out = _block(compiled(*args))
+    out = block(compiled(*args))
     times.append(time.perf_counter() - t)
 
   res: dict[str, Any] = {
@@ -232,8 +226,57 @@ def time_fn(fn: Callable, *args, repeats: int = 3, time_budget_s: float | None =
   return res
 
 
+def time_jacobians(f: Callable, params, x1, x2, repeats: int,
+                   time_budget_s: float | None) -> dict:
+  """`time_fn` of the baseline `lambda p, a, b: (jax.jacrev(f)(p, a), jax.jacrev(f)(p, b))`.
+
+  Plain JAX, jitted, no NTK library: the two Jacobians without contracting them. Their norm is
+  recorded as `jacobian_norm` (not a kernel: it stays out of the kernels' agreement check).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  jac = jax.jacrev(f)
+  res = time_fn(lambda p, a, b: (jac(p, a), jac(p, b)), params, x1, x2, repeats=repeats,
+                time_budget_s=time_budget_s)
+  res["jacobian_norm"] = res.pop("kernel_norm")
+  res["kernel_shape"] = None
+  return res
+
+
 # ---------------------------------------------------------------------------------------------
 # One cell per subprocess.
+
+def cell_command(script: str, cell: dict, python: str = sys.executable) -> list[str]:
+  """The command that runs `cell` in a fresh process: `python script --cell JSON`."""
+  return [python, os.path.abspath(script), "--cell", json.dumps(cell)]
+
+
+def run_cell_arg(run_one_cell: Callable[[dict], None], argv: Sequence[str]) -> bool:
+  """Runs `run_one_cell(cell)` if `argv` is `--cell JSON` (`cell_command`); says whether it did."""
+  if len(argv) != 2 or argv[0] != "--cell":
+    return False
+  run_one_cell(json.loads(argv[1]))
+  return True
+
+
+def script_main(main: Callable[[], None], run_one_cell: Callable[[dict], None]) -> None:
+  """A benchmark script's entry point: the cell of `--cell JSON`, else the script's `main()`."""
+  if not run_cell_arg(run_one_cell, sys.argv[1:]):
+    main()
+
+
+def cell_entry(run_one_cell: Callable[[dict], None], script: str, started_by: str,
+               argv: Sequence[str] | None = None) -> None:
+  """The `main` of a script that only runs cells: `script --cell JSON`, else a usage error."""
+  if not run_cell_arg(run_one_cell, sys.argv[1:] if argv is None else argv):
+    raise SystemExit(f"usage: {os.path.basename(script)} --cell JSON  (started by {started_by})")
+
+
+def cell_info(library_version: str, **extra) -> dict:
+  """The fields a cell records first: its library's version, `extra`, then JAX's (`jax_info`)."""
+  info = {"library_version": library_version, **extra}
+  info.update(jax_info())
+  return info
+
 
 def emit_result(record: dict) -> None:
   """Called by a cell subprocess: prints its result where `run_cell` finds it."""
@@ -367,106 +410,63 @@ def run_cell(cmd: Sequence[str], timeout_s: float, mem_limit_mb: float | None = 
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's Fig. 1 model: an L-layer ReLU FCN without biases.
+# Sweeps: cells one after another into a JSONL file.
 
-def fcn_params(width: int, outputs: int, depth: int = 10, seed: int = 0,
-               dtype=np.float32) -> list[np.ndarray]:
-  """`depth` weight matrices: (depth - 1) of W×W, then W×O; standard normal entries.
+def record_key(*fields: str) -> Callable[[dict], tuple]:
+  """A record's identity in a sweep: the values of `fields` (None where missing), in order.
 
-  Generated in float64 by numpy's PCG64 and cast, so every library and JAX version gets the
-  same numbers.
+  A later record with the same key replaces an earlier one (resumed and appended sweeps).
   """
-  rng = np.random.default_rng(seed)
-  shapes = [(width, width)] * (depth - 1) + [(width, outputs)]
-  return [rng.standard_normal(s).astype(dtype) for s in shapes]
+  return lambda rec: tuple(rec.get(f) for f in fields)
 
 
-def fcn_inputs(n: int, width: int, seed: int = 1, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-  """Two batches x1, x2 of shape (n, width)."""
-  rng = np.random.default_rng(seed)
-  return (rng.standard_normal((n, width)).astype(dtype),
-          rng.standard_normal((n, width)).astype(dtype))
+def run_job(meta: dict, cmd: Sequence[str] | None, timeout_s: float,
+            mem_limit_mb: float | None, skip: str | None = None, env: dict | None = None,
+            cwd: str | None = None) -> dict:
+  """`meta` + the record of `run_cell(cmd, ...)`, or + status "skipped" (`error=skip`) if `skip`.
 
-
-def fcn_apply(params, x):
-  """ReLU between layers, none after the last; NTK parameterization (h @ w / sqrt(fan_in)).
-
-  Standard-normal weights scaled by 1/sqrt(W) in the forward pass, as neural-tangents'
-  `stax.Dense(parameterization='ntk')`; no biases.
+  The parent's identity fields (`meta`) win over the child's, so killed cells keep theirs.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  h = x
-  for i, w in enumerate(params):
-    h = (h @ w) * (1.0 / np.sqrt(w.shape[0]))
-    if i + 1 < len(params):
-      h = jax.nn.relu(h)
-  return h
+  rec = dict(meta)
+  if skip is not None:
+    rec.update(status="skipped", error=skip)
+  else:
+    rec.update(run_cell(cmd, timeout_s, mem_limit_mb, env=env, cwd=cwd))
+  rec.update(meta)
+  return rec
+
+
+def run_sweep(jobs: Sequence[tuple[dict, Sequence[str] | None]], out_path: str,
+              timeout_s: float, mem_limit_mb: float | None, *, key: Callable[[dict], tuple],
+              describe: Callable[[dict], str], resume: bool = False, append: bool = False,
+              env: dict | None = None, cwd: str | None = None, log=sys.stderr) -> list[dict]:
+  """Runs `(meta, cmd)` jobs one at a time (`run_job`); appends each record to `out_path`.
+
+  `meta` identifies the cell (`key(meta)`: library, implementation, sizes...). A job whose `cmd`
+  is None is recorded as skipped (error "--skip", the flag that drops it). With `resume`, jobs
+  whose key already has an "ok" record in `out_path` are skipped; with `append`, every job runs
+  and its record is added after the old ones (readers take the latest record per cell);
+  otherwise `out_path` is truncated first. Each record is logged as "[i/n] " + `describe(rec)`.
+  """
+  done = set()
+  if resume:
+    done = {key(r) for r in read_jsonl(out_path) if r.get("status") == "ok"}
+  elif not append and os.path.exists(out_path):
+    os.remove(out_path)
+  records = []
+  for i, (meta, cmd) in enumerate(jobs):
+    if key(meta) in done:
+      continue
+    skip = None if cmd is not None else "--skip"
+    rec = run_job(meta, cmd, timeout_s, mem_limit_mb, skip=skip, env=env, cwd=cwd)
+    append_jsonl(out_path, rec)
+    records.append(rec)
+    print(f"[{i + 1}/{len(jobs)}] {describe(rec)}", file=log, flush=True)
+  return records
 
 
 # ---------------------------------------------------------------------------------------------
-# Grid / CLI helpers shared by fcn.py and peer_fcn.py.
-
-QUICK = {"n": [1], "widths": [64, 128], "outputs": [1, 16]}
-FULL = {"n": [1, 8], "widths": [64, 128, 256, 512, 1024], "outputs": [1, 16, 128]}
-
-
-def int_list(s: str) -> list[int]:
-  return [int(v) for v in s.replace(" ", "").split(",") if v]
-
-
-def impl_list(s: str) -> list[str]:
-  out = []
-  for v in s.replace(" ", "").split(","):
-    if not v:
-      continue
-    name = _ALIASES.get(v.lower(), v.lower())
-    if name not in IMPLEMENTATIONS:
-      raise argparse.ArgumentTypeError(
-          f"unknown implementation {v!r}; use {', '.join(IMPLEMENTATIONS)} (or jc, vp, sd, 0-3)")
-    out.append(name)
-  return out
-
-
-def add_grid_args(p: argparse.ArgumentParser, default_out: str) -> None:
-  p.add_argument("--widths", type=int_list, default=None,
-                 help="comma-separated widths W (default 64,128,256,512,1024)")
-  p.add_argument("--n", type=int_list, default=None,
-                 help="comma-separated batch sizes N (default 1,8)")
-  p.add_argument("--outputs", type=int_list, default=None,
-                 help="comma-separated output sizes O (default 1,16,128)")
-  p.add_argument("--implementations", type=impl_list, default=list(IMPLEMENTATIONS),
-                 help="comma-separated: jacobian_contraction, ntk_vector_products, "
-                      "structured_derivatives, auto (aliases jc, vp, sd)")
-  p.add_argument("--depth", type=int, default=10, help="number of dense layers (default 10)")
-  p.add_argument("--repeats", type=int, default=3, help="warm runs per cell (median/min)")
-  p.add_argument("--timeout", type=float, default=120.0,
-                 help="seconds per cell subprocess (imports + compile + runs); past it the cell "
-                      "is recorded as 'timeout'")
-  p.add_argument("--mem-limit-mb", type=float, default=8000.0,
-                 help="kill a cell whose resident memory exceeds this (recorded as 'oom')")
-  p.add_argument("--quick", action="store_true",
-                 help="tiny smoke grid: N=1, W in {64,128}, O in {1,16}")
-  p.add_argument("--out", default=default_out, help="JSONL output path")
-  p.add_argument("--resume", action="store_true",
-                 help="append to --out and skip cells already recorded there with status ok")
-  p.add_argument("--append", action="store_true",
-                 help="append to --out and rerun every cell; the latest record per cell wins")
-  p.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # Internal: one cell (JSON).
-
-
-def grid_from_args(args) -> list[dict]:
-  base = QUICK if args.quick else FULL
-  ns = args.n or base["n"]
-  ws = args.widths or base["widths"]
-  os_ = args.outputs or base["outputs"]
-  return [{"n": n, "width": w, "outputs": o, "depth": args.depth}
-          for n in ns for w in ws for o in os_]
-
-
-def cell_key(rec: dict) -> tuple:
-  return (rec.get("library"), rec.get("implementation"), rec.get("n"), rec.get("width"),
-          rec.get("outputs"), rec.get("depth"))
-
+# Records and provenance.
 
 def read_jsonl(path: str) -> list[dict]:
   if not os.path.exists(path):
@@ -479,6 +479,68 @@ def append_jsonl(path: str, rec: dict) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "a") as f:
     f.write(json.dumps(rec, default=_json_default) + "\n")
+
+
+def read_meta(path: str) -> dict:
+  """A sweep's `.meta.json` ({} if there is none)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_meta(path: str, meta: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(meta, f, indent=1)
+
+
+def sweep_meta(script: str, argv: Sequence[str], args, short_python: bool = False,
+               git: bool = False, **extra) -> dict:
+  """A sweep's `.meta.json`: its command line, the machine, its limits, `extra`, where it wrote.
+
+  `args` has `repeats`, `timeout`, `mem_limit_mb` and `out`. The command and `out_rel` are
+  relative to `REPO`; with `short_python`, so is the interpreter where it lies inside `REPO`;
+  with `git`, the ntk_zoo code the cells ran is recorded too (`git_state`).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  python = sys.executable
+  if short_python and python.startswith(REPO):
+    python = os.path.relpath(python, REPO)
+  meta = {"command": shlex.join([python, os.path.relpath(os.path.abspath(script), REPO), *argv]),
+          "machine": machine_info(), "platform": jax.devices()[0].platform,
+          "repeats": args.repeats, "timeout": args.timeout, "mem_limit_mb": args.mem_limit_mb,
+          **extra, "out_rel": os.path.relpath(os.path.abspath(args.out), REPO)}
+  if git:
+    meta["git"] = git_state()
+  return meta
+
+
+def add_note_arg(parser) -> None:
+  parser.add_argument("--note", action="append", default=None,
+                      help="a paragraph for the markdown section (kept in the .meta.json)")
+
+
+def save_notes(meta_path: str, meta: dict, notes: list[str] | None) -> None:
+  """With `--note`s, they replace the sweep's notes in `meta` and its `.meta.json`."""
+  if notes is not None:
+    meta["notes"] = [n for n in notes if n]
+    write_meta(meta_path, meta)
+
+
+def chain_commands(meta: dict, old: dict) -> None:
+  """Sets `meta["commands"]`: the commands behind `old`'s records, then `meta`'s own."""
+  meta["commands"] = old.get("commands", [old.get("command")]) + [meta["command"]]
+
+
+def peer_python(parser, venv: str | None) -> str | None:
+  """The interpreter of the peer's venv `venv` (None without one); a usage error if missing."""
+  if not venv:
+    return None
+  python = os.path.join(os.path.expanduser(venv), "bin", "python")
+  if not os.path.exists(python):
+    parser.error(f"--peer-venv: {python} not found; build it with setup_neural_tangents.sh")
+  return python
 
 
 def machine_info() -> dict:
@@ -510,78 +572,13 @@ def package_version(name: str) -> str:
     return "unknown"
 
 
-def replace_between_markers(path: str, begin: str, end: str, body: str, header: str = "") -> None:
-  """Writes `body` between the `begin`/`end` marker lines of `path` (created if missing)."""
-  text = ""
-  if os.path.exists(path):
-    with open(path) as f:
-      text = f.read()
-  block = f"{begin}\n{body.rstrip()}\n{end}"
-  if begin in text and end in text:
-    pre, rest = text.split(begin, 1)
-    post = rest.split(end, 1)[1]
-    text = pre + block + post
-  else:
-    text = (text.rstrip() + "\n\n" if text.strip() else header) + block + "\n"
-  with open(path, "w") as f:
-    f.write(text)
-
-
-def fmt_num(v: float | None, digits: int = 3) -> str:
-  """Three significant figures, no scientific notation for ordinary magnitudes."""
-  if v is None:
-    return "—"
-  if v == 0:
-    return "0"
-  a = abs(v)
-  if a >= 10 ** digits:
-    return f"{v:.0f}"
-  dec = max(0, digits - 1 - int(np.floor(np.log10(a))))
-  return f"{v:.{dec}f}"
-
-
-def run_sweep(jobs: Sequence[tuple[dict, Sequence[str]]], out_path: str, timeout_s: float,
-              mem_limit_mb: float | None, resume: bool = False, append: bool = False,
-              env: dict | None = None,
-              cwd: str | None = None, log=sys.stderr) -> list[dict]:
-  """Runs `(meta, cmd)` jobs one at a time, each via `run_cell`; appends each record to `out_path`.
-
-  `meta` identifies the cell (library, implementation, n, width, outputs, depth...) and is merged
-  under the child's record, so killed cells keep their identity. With `resume`, jobs whose key
-  already has an "ok" record in `out_path` are skipped; with `append`, every job runs and its
-  record is added after the old ones (readers take the latest record per cell); otherwise
-  `out_path` is truncated first.
-  """
-  done = set()
-  if resume:
-    done = {cell_key(r) for r in read_jsonl(out_path) if r.get("status") == "ok"}
-  elif not append and os.path.exists(out_path):
-    os.remove(out_path)
-  records = []
-  for i, (meta, cmd) in enumerate(jobs):
-    if cell_key(meta) in done:
-      continue
-    rec = dict(meta)
-    rec.update(run_cell(cmd, timeout_s, mem_limit_mb, env=env, cwd=cwd))
-    for k, v in meta.items():  # The parent's identity fields win.
-      rec[k] = v
-    append_jsonl(out_path, rec)
-    records.append(rec)
-    ms = "" if rec.get("median_s") is None else f" median {rec['median_s'] * 1e3:.2f} ms"
-    extra = (f" compile {rec['compile_s']:.2f} s peak {rec.get('peak_mb', 0):.0f} MB (runs "
-             f"{rec.get('run_peak_mb', float('nan')):.0f} MB)" if ms else "")
-    print(f"[{i + 1}/{len(jobs)}] {meta.get('library')} {SHORT.get(meta.get('implementation'))} "
-          f"N={meta.get('n')} W={meta.get('width')} O={meta.get('outputs')}: {rec['status']}"
-          f"{ms}{extra} (cell {rec['cell_wall_s']:.1f} s)"
-          + ("" if rec["status"] in ("ok",) else f" — {str(rec.get('error', ''))[:200]}"),
-          file=log, flush=True)
-  return records
-
-
-def iter_unique(items: Iterable) -> list:
-  seen, out = set(), []
-  for x in items:
-    if x not in seen:
-      seen.add(x)
-      out.append(x)
-  return out
+def git_state(repo: str = REPO) -> str:
+  """HEAD's short hash, plus a note if ntk_zoo/ has uncommitted changes (read-only git)."""
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "ntk_zoo"], cwd=repo,
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return head + (" + uncommitted changes in ntk_zoo/" if dirty else "")
